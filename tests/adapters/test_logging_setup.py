@@ -1,0 +1,45 @@
+"""Secrets never reach the log output, whatever key they are logged under."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import structlog
+
+from adapters.logging_setup import REDACTED, configure_logging
+
+
+def _log_one(**fields: object) -> dict[str, object]:
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    structlog.get_logger("test").info("flow_created", **fields)
+    line = stream.getvalue().strip().splitlines()[-1]
+    return dict(json.loads(line))
+
+
+def test_secret_named_keys_are_masked() -> None:
+    entry = _log_one(flow_id="f1", token="pft_abc", client_secret="pi_1_secret_2", api_key="k")
+    assert entry["flow_id"] == "f1"
+    assert entry["token"] == REDACTED
+    assert entry["client_secret"] == REDACTED
+    assert entry["api_key"] == REDACTED
+
+
+def test_secret_looking_values_are_masked_under_any_key() -> None:
+    entry = _log_one(detail="key sk_test_51HxYz and whsec_abc and pi_3Ab_secret_Zz9 pft_tok-1")
+    text = str(entry["detail"])
+    for secret in ("sk_test_51HxYz", "whsec_abc", "pi_3Ab_secret_Zz9", "pft_tok-1"):
+        assert secret not in text
+    assert text.count(REDACTED) == 4
+
+
+def test_nested_values_and_stdlib_records_are_masked() -> None:
+    entry = _log_one(request={"token": "t", "nested": ["sk_live_XYZ"]})
+    assert entry["request"] == {"token": REDACTED, "nested": [REDACTED]}
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    logging.getLogger("pykka").warning("failed with sk_test_999")
+    assert "sk_test_999" not in stream.getvalue()
+    assert json.loads(stream.getvalue().strip())["level"] == "warning"
