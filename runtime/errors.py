@@ -130,3 +130,8 @@ class Internal(PayflowError):
     """A broken invariant on our side. Logged with context; never retried blindly."""
 
     code = "internal"
+
+
+class Escalated(Internal):
+    """A supervisor gave up: its children failed more often than its restart intensity allows.
+    It stopped them and reports this to its own supervisor (the root reports it to the daemon)."""
