@@ -1,0 +1,251 @@
+"""A payment flow as an immutable value, and the one function that moves it: `apply`.
+
+`apply(flow, event)` looks the pair up in `TRANSITIONS` (plus `GUARDS`), refuses with
+`InvalidTransition` before anything changes, and otherwise returns a new `Flow` at version + 1.
+Replaying a flow's journal is `apply` folded over its events, from `Flow.initial(flow_id)` or
+from a snapshot; there is no other way to change a flow, so live and replayed flows agree.
+
+`attempts` counts payment attempts. An attempt starts when a payment method is selected in
+PAYMENT_PENDING (the first selection, or the first one after a `retry`), and each attempt pays
+through payment intents of its own. Switching the method in PAYMENT_ACTIVE before paying gets a
+new intent too but stays in the same attempt, so trying another card before submitting does not
+use up the customer's retry. `MethodSelected.attempt` must say which attempt it belongs to
+(`attempt_for_selection(flow)`), which keeps that number in the journal record as well.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from functools import reduce
+from typing import Any, assert_never
+
+from actors.flow_events import (
+    ActionRequired,
+    BookingAttached,
+    Cancelled,
+    Expired,
+    FlowCreated,
+    FlowEvent,
+    IntentCreated,
+    MethodSelected,
+    PaymentFailed,
+    PaymentSucceeded,
+    Processing,
+    ProviderStatusChanged,
+    Retried,
+    Submitted,
+    event_from_record,
+)
+from actors.flow_states import GUARDS, TRANSITIONS, EventType, FlowState, Guard
+from runtime.errors import Internal, InvalidTransition
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlowError:
+    """Why the current attempt failed; `recoverable` means `retry` is allowed."""
+
+    code: str
+    message: str
+    recoverable: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Flow:
+    """One payment flow. Before `flow_created` (INITIAL, version 0) amount is 0 and currency ''."""
+
+    flow_id: str
+    state: FlowState = FlowState.INITIAL
+    version: int = 0
+    amount: int = 0
+    currency: str = ""
+    pre_id: str | None = None
+    booking_id: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    payment_method: str | None = None
+    intent_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)  # a secret: never in logs
+    provider_status: str | None = None
+    next_action: Mapping[str, Any] | None = None  # only in REQUIRES_ACTION
+    error: FlowError | None = None  # only in FAILED
+    attempts: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @classmethod
+    def initial(cls, flow_id: str) -> Flow:
+        """The flow before its first event: INITIAL, version 0."""
+        return cls(flow_id=flow_id)
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when no event can change this flow any more (COMPLETED, CANCELLED, EXPIRED,
+        non-recoverable FAILED): it has no edge left in the table."""
+        return not allowed_events(self)
+
+
+_GUARD_HOLDS: Mapping[Guard, Callable[[Flow], bool]] = {
+    Guard.RECOVERABLE_ERROR: lambda flow: flow.error is not None and flow.error.recoverable,
+    Guard.HAS_INTENT: lambda flow: flow.intent_id is not None,
+}
+
+_GUARD_REFUSAL: Mapping[Guard, str] = {
+    Guard.RECOVERABLE_ERROR: "the failure is not recoverable",
+    Guard.HAS_INTENT: "no payment intent exists yet",
+}
+
+
+def _failed_guard(flow: Flow, event_type: EventType) -> Guard | None:
+    guard = GUARDS.get(flow.state, {}).get(event_type)
+    return None if guard is None or _GUARD_HOLDS[guard](flow) else guard
+
+
+def allowed_events(flow: Flow) -> frozenset[EventType]:
+    """The event types `apply` accepts for this flow right now."""
+    row = TRANSITIONS[flow.state]
+    return frozenset(event for event in row if _failed_guard(flow, event) is None)
+
+
+def next_state(flow: Flow, event_type: EventType) -> FlowState:
+    """Where `event_type` takes `flow`; `InvalidTransition` (naming both) if it may not."""
+    target = TRANSITIONS[flow.state].get(event_type)
+    guard = _failed_guard(flow, event_type)
+    if target is None or guard is not None:
+        reason = "" if guard is None else f": {_GUARD_REFUSAL[guard]}"
+        raise InvalidTransition(f"flow in {flow.state} does not accept {event_type}{reason}")
+    return target
+
+
+def attempt_for_selection(flow: Flow) -> int:
+    """The `attempt` a `MethodSelected` for this flow must carry (see the module docstring)."""
+    return flow.attempts + 1 if flow.state is FlowState.PAYMENT_PENDING else flow.attempts
+
+
+def apply(flow: Flow, event: FlowEvent) -> Flow:
+    """The flow after `event`: a new value at version + 1; `flow` itself never changes."""
+    target = next_state(flow, event.event_type)
+    _check_belongs(flow, event)
+    changed = _effects(flow, event)
+    return replace(
+        changed,
+        state=target,
+        version=flow.version + 1,
+        updated_at=event.at,
+        # next_action is an instruction for REQUIRES_ACTION, error the verdict of FAILED;
+        # leaving the state voids them, so a cancelled flow does not show an old decline.
+        next_action=changed.next_action if target is FlowState.REQUIRES_ACTION else None,
+        error=changed.error if target is FlowState.FAILED else None,
+    )
+
+
+def _check_belongs(flow: Flow, event: FlowEvent) -> None:
+    # Both are bugs of whoever built the event, not something a client can cause.
+    if isinstance(event, FlowCreated) and event.flow_id != flow.flow_id:
+        raise Internal(f"flow_created for {event.flow_id!r} applied to {flow.flow_id!r}")
+    if isinstance(event, MethodSelected) and event.attempt != attempt_for_selection(flow):
+        expected = attempt_for_selection(flow)
+        raise Internal(f"method_selected for attempt {event.attempt}, expected {expected}")
+
+
+def _without_intent(flow: Flow) -> Flow:
+    # Each attempt and each newly selected method pays through a new intent.
+    return replace(flow, intent_id=None, client_secret=None, provider_status=None)
+
+
+def _effects(flow: Flow, event: FlowEvent) -> Flow:  # noqa: PLR0911 (one return per event kind)
+    match event:
+        case FlowCreated():
+            return replace(
+                flow,
+                amount=event.amount,
+                currency=event.currency,
+                pre_id=event.pre_id,
+                metadata=event.metadata,
+                created_at=event.at,
+            )
+        case BookingAttached():
+            return replace(flow, booking_id=event.booking_id)
+        case MethodSelected():
+            return replace(
+                _without_intent(flow), payment_method=event.payment_method, attempts=event.attempt
+            )
+        case IntentCreated():
+            return replace(
+                flow,
+                intent_id=event.intent_id,
+                client_secret=event.client_secret,
+                provider_status=event.provider_status,
+            )
+        case Processing() | ProviderStatusChanged() | PaymentSucceeded():
+            return replace(flow, provider_status=event.provider_status)
+        case ActionRequired():
+            return replace(
+                flow, next_action=event.next_action, provider_status=event.provider_status
+            )
+        case PaymentFailed():
+            return _failed(flow, event)
+        case Retried():
+            return replace(_without_intent(flow), payment_method=None)
+        case Submitted() | Cancelled() | Expired():
+            # Cancelled/expired keep the intent: the shell still has to cancel it upstream.
+            return flow
+        case _:
+            assert_never(event)
+
+
+def _failed(flow: Flow, event: PaymentFailed) -> Flow:
+    error = FlowError(code=event.code, message=event.message, recoverable=event.recoverable)
+    # A failure raised before the provider answered (no status) keeps the last one we saw.
+    status = flow.provider_status if event.provider_status is None else event.provider_status
+    return replace(flow, error=error, provider_status=status)
+
+
+def replay(events: Iterable[FlowEvent], *, start: Flow) -> Flow:
+    """`start` (Flow.initial(flow_id), or a flow from a snapshot) with `events` applied in order."""
+    return reduce(apply, events, start)
+
+
+def replay_records(records: Iterable[tuple[str, Mapping[str, Any], float]], *, start: Flow) -> Flow:
+    """`replay` straight from journal records (kind, payload, at)."""
+    return replay((event_from_record(*record) for record in records), start=start)
+
+
+_FLOW_FIELDS = tuple(f.name for f in fields(Flow))
+
+
+def flow_to_snapshot(flow: Flow) -> dict[str, Any]:
+    """Every field of `flow` as JSON-safe values (copies; mutating them cannot touch the flow)."""
+    snapshot = {name: getattr(flow, name) for name in _FLOW_FIELDS}
+    snapshot["state"] = flow.state.value
+    snapshot["metadata"] = dict(flow.metadata)
+    snapshot["next_action"] = _thaw(flow.next_action)
+    snapshot["error"] = None if flow.error is None else _error_dict(flow.error)
+    return snapshot
+
+
+def flow_from_snapshot(snapshot: Mapping[str, Any]) -> Flow:
+    """The flow `flow_to_snapshot` described; an unreadable snapshot is our bug: `Internal`."""
+    if set(snapshot) != set(_FLOW_FIELDS):
+        raise Internal(f"flow snapshot fields {sorted(snapshot)} are not {sorted(_FLOW_FIELDS)}")
+    try:
+        error = snapshot["error"]
+        return Flow(
+            **{
+                **snapshot,
+                "state": FlowState(snapshot["state"]),
+                "metadata": dict(snapshot["metadata"]),
+                "next_action": _thaw(snapshot["next_action"]),
+                "error": None if error is None else FlowError(**error),
+            }
+        )
+    except (TypeError, ValueError) as exc:
+        raise Internal(f"flow snapshot does not decode: {exc}") from exc
+
+
+def _thaw(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if value is None else copy.deepcopy(dict(value))
+
+
+def _error_dict(error: FlowError) -> dict[str, Any]:
+    return {"code": error.code, "message": error.message, "recoverable": error.recoverable}

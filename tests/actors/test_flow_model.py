@@ -1,0 +1,186 @@
+"""What each event does to a flow's fields, and the snapshot form a restart reads back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from actors.flow_core import (
+    Cancelled,
+    Flow,
+    FlowCreated,
+    FlowError,
+    FlowEvent,
+    FlowState,
+    MethodSelected,
+    PaymentFailed,
+    Processing,
+    apply,
+    attempt_for_selection,
+    flow_from_snapshot,
+    flow_to_snapshot,
+    replay,
+)
+from runtime.errors import Internal
+from tests.actors.flows import (
+    SITUATIONS,
+    T0,
+    THREE_DS,
+    active,
+    at,
+    cancel,
+    challenge,
+    created,
+    fail,
+    intent,
+    pending,
+    processing,
+    requires_action,
+    retry,
+    select,
+    then,
+)
+
+
+def test_flow_starts_at_version_zero_and_is_created_at_version_one() -> None:
+    initial = Flow.initial("f-9")
+    assert (initial.state, initial.version, initial.flow_id) == (FlowState.INITIAL, 0, "f-9")
+    flow = created("f-9")
+    assert (flow.state, flow.version) == (FlowState.PRE_BOOKING, 1)
+    assert (flow.amount, flow.currency, flow.pre_id, dict(flow.metadata)) == (
+        4200,
+        "eur",
+        "pre-1",
+        {"k": "v"},
+    )
+    assert flow.created_at == flow.updated_at == T0
+
+
+def test_flow_keeps_its_own_copy_of_metadata() -> None:
+    metadata = {"room": "12"}
+    flow = apply(
+        Flow.initial("f"),
+        FlowCreated(at=T0, flow_id="f", amount=1, currency="eur", metadata=metadata),
+    )
+    metadata["room"] = "13"
+    assert flow.metadata == {"room": "12"}
+
+
+def test_flow_created_for_another_flow_is_refused() -> None:
+    with pytest.raises(Internal, match="other"):
+        apply(Flow.initial("f"), FlowCreated(at=T0, flow_id="other", amount=1, currency="eur"))
+
+
+def test_first_selection_starts_attempt_one_and_switching_method_stays_in_it() -> None:
+    first = then(pending(), select, intent)
+    assert (first.attempts, first.payment_method, first.intent_id) == (1, "pm_card_visa", "pi_1_3")
+    switched = apply(first, MethodSelected(at=at(first), payment_method="pm_amex", attempt=1))
+    assert switched.attempts == 1
+    assert switched.payment_method == "pm_amex"
+    # the new method pays through a new intent: the old one is gone from the flow
+    assert (switched.intent_id, switched.client_secret, switched.provider_status) == (None,) * 3
+
+
+def test_method_selected_with_the_wrong_attempt_number_is_refused_unchanged() -> None:
+    flow = pending()
+    before = flow_to_snapshot(flow)
+    with pytest.raises(Internal, match="attempt 2, expected 1"):
+        apply(flow, MethodSelected(at=at(flow), payment_method="pm_card_visa", attempt=2))
+    assert flow_to_snapshot(flow) == before
+
+
+def test_retry_clears_error_and_intent_and_next_attempt_counts_two() -> None:
+    failed = then(processing(), fail(True))
+    assert failed.error == FlowError(
+        code="card_declined", message="Your card was declined.", recoverable=True
+    )
+    again = then(failed, retry)
+    assert again.state is FlowState.PAYMENT_PENDING
+    assert (again.error, again.intent_id, again.client_secret, again.payment_method) == (None,) * 4
+    assert again.attempts == 1
+    assert attempt_for_selection(again) == 2
+    assert then(again, select, intent).attempts == 2
+
+
+def test_next_action_exists_only_in_requires_action() -> None:
+    waiting = requires_action()
+    assert waiting.next_action == THREE_DS
+    passed = apply(waiting, Processing(at=at(waiting), provider_status="processing"))
+    assert passed.next_action is None
+    assert passed.provider_status == "processing"
+
+
+def test_failure_without_a_provider_status_keeps_the_last_one_seen() -> None:
+    flow = active(with_intent=True)
+    failed = apply(
+        flow,
+        PaymentFailed(at=at(flow), code="x", message="m", recoverable=True, provider_status=None),
+    )
+    assert failed.provider_status == "requires_confirmation"
+
+
+def test_cancel_keeps_the_intent_so_the_shell_can_cancel_it_upstream() -> None:
+    flow = then(active(with_intent=True), cancel)
+    assert (flow.state, flow.intent_id) == (FlowState.CANCELLED, "pi_1_3")
+
+
+def test_client_secret_stays_out_of_repr() -> None:
+    flow = active(with_intent=True)
+    assert flow.client_secret is not None
+    assert flow.client_secret not in repr(flow)
+
+
+def test_replay_equals_applying_one_by_one() -> None:
+    start = Flow.initial("f")
+    events: list[FlowEvent] = [
+        FlowCreated(at=T0, flow_id="f", amount=5, currency="eur"),
+        Cancelled(at=T0 + 1),
+    ]
+    assert replay(events, start=start) == apply(apply(start, events[0]), events[1])
+
+
+@pytest.mark.parametrize("situation", list(SITUATIONS))
+def test_snapshot_round_trips_through_json(situation: str) -> None:
+    flow = SITUATIONS[situation]()
+    restored = flow_from_snapshot(json.loads(json.dumps(flow_to_snapshot(flow))))
+    assert restored == flow
+    assert type(restored.state) is FlowState
+
+
+def test_snapshot_mutation_cannot_reach_the_flow() -> None:
+    flow = requires_action()
+    snapshot = flow_to_snapshot(flow)
+    snapshot["next_action"]["use_stripe_sdk"]["type"] = "changed"
+    snapshot["metadata"]["k"] = "changed"
+    assert flow_to_snapshot(flow)["next_action"] == THREE_DS
+    assert flow.metadata == {"k": "v"}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda s: s.pop("version"),
+        lambda s: s.update(extra=1),
+        lambda s: s.update(state="NOPE"),
+        lambda s: s.update(error={"code": "x"}),
+    ],
+    ids=["missing-field", "unknown-field", "unknown-state", "bad-error"],
+)
+def test_damaged_snapshot_is_an_internal_error(damage: Callable[[dict[str, Any]], object]) -> None:
+    snapshot = flow_to_snapshot(then(processing(), fail(False)))
+    damage(snapshot)
+    with pytest.raises(Internal, match="snapshot"):
+        flow_from_snapshot(snapshot)
+
+
+def test_challenge_then_failure_drops_next_action() -> None:
+    flow = then(processing(), challenge, fail(True))
+    assert (flow.state, flow.next_action) == (FlowState.FAILED, None)
+
+
+def test_giving_up_after_a_recoverable_failure_drops_the_old_error() -> None:
+    flow = then(processing(), fail(True), cancel)
+    assert (flow.state, flow.error, flow.intent_id) == (FlowState.CANCELLED, None, "pi_1_3")
