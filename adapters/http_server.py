@@ -1,0 +1,136 @@
+"""The daemon's HTTP face: Stripe webhooks, Prometheus metrics, liveness and readiness.
+
+It runs on the daemon's asyncio loop (aiohttp). Webhook requests are verified before anything
+happens: a missing, malformed, wrong or stale signature, or a body that does not parse, is answered
+400 and reaches nobody. A verified event is handed to the application, which routes it to the
+flow's tracker; duplicates and intents nobody knows are the tracker's business, so they are 200 too.
+
+Neither the body nor the `Stripe-Signature` header is ever logged: the body carries customer data
+and the header is what an attacker would need to replay it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+from aiohttp import web
+
+from actors.provider import ProviderEvent
+from adapters.metrics import CONTENT_TYPE, Metrics
+from runtime.errors import Rejected, Retryable
+
+MAX_WEBHOOK_BYTES = 1024 * 1024
+# Long enough for an in-flight webhook to reach its tracker, short enough for the 10 s SIGTERM rule.
+_SHUTDOWN_TIMEOUT_S = 3.0
+
+
+class WebhookHandler(Protocol):
+    """Verifies and delivers provider webhooks; the Stripe adapter implements it."""
+
+    def verify(self, body: bytes, signature: str | None) -> ProviderEvent | None:
+        """The event the body describes, or None for a valid event nobody needs.
+
+        Raises a `runtime.errors.Rejected` (e.g. `InvalidWebhook`) when the signature is missing,
+        malformed, wrong or stale, or the body does not parse.
+        """
+        ...
+
+    async def deliver(self, event: ProviderEvent) -> None: ...
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+class HttpServer:
+    """`POST /webhooks/stripe`, `GET /metrics`, `GET /healthz`, `GET /readyz`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        webhook: WebhookHandler | None,
+        ready: Callable[[], bool],
+        metrics: Metrics,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._webhook = webhook
+        self._ready = ready
+        self._metrics = metrics
+        self._runner: web.AppRunner | None = None
+        self._accepting = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one once started, also when asked for port 0)."""
+        return self._port
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
+        app.router.add_post("/webhooks/stripe", self._handle_webhook)
+        app.router.add_get("/metrics", self._handle_metrics)
+        app.router.add_get("/healthz", self._handle_healthz)
+        app.router.add_get("/readyz", self._handle_readyz)
+        return app
+
+    async def start(self) -> None:
+        runner = web.AppRunner(self._app(), shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+        self._accepting = True
+        structlog.get_logger(__name__).info("http_listening", host=self._host, port=self._port)
+
+    async def stop(self) -> None:
+        self._accepting = False
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    # --- handlers ----------------------------------------------------------------------------
+
+    async def _handle_webhook(self, request: web.Request) -> web.Response:
+        log = structlog.get_logger(__name__)
+        if self._webhook is None:
+            return _error(503, "webhooks_disabled", "STRIPE_WEBHOOK_SECRET is not configured")
+        body = await request.read()  # aiohttp answers 413 itself beyond client_max_size
+        try:
+            event = self._webhook.verify(body, request.headers.get("Stripe-Signature"))
+        except Rejected as exc:
+            log.warning("webhook_rejected", code=exc.code, reason=type(exc).__name__)
+            return _error(400, exc.code, str(exc))
+        if event is None:
+            return web.json_response({"received": True, "ignored": True})
+        try:
+            await self._webhook.deliver(event)
+        except Retryable as exc:
+            # Stripe retries a non-2xx delivery, which is exactly what a full mailbox needs.
+            log.warning("webhook_deferred", event_id=event.event_id, code=exc.code)
+            return _error(503, exc.code, "try again later")
+        log.info("webhook_received", event_id=event.event_id, intent_id=event.intent_id)
+        return web.json_response({"received": True})
+
+    async def _handle_metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _handle_healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _handle_readyz(self, _request: web.Request) -> web.Response:
+        if self._ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not_ready"}, status=503)
