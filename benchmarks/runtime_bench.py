@@ -1,0 +1,268 @@
+"""The actor runtime next to raw pykka and plain asyncio, measured in one run.
+
+    .venv/bin/python benchmarks/runtime_bench.py            # everything (~1 min, mostly pykka)
+    .venv/bin/python benchmarks/runtime_bench.py --quick    # skip raw pykka's 10k threads
+
+1. fan-in: ACTORS live actors x MESSAGES messages. The driver tells each actor MESSAGES messages
+   (round robin), every actor forwards each one to ONE sink actor; timed until the sink has them
+   all. (a) runtime.ActorSystem (1 and 2 dispatcher threads), (b) pykka.ThreadingActor (one thread
+   per actor), (c) asyncio: one task + asyncio.Queue per actor, one wake-up per message.
+2. start 100,000 live actors (on_start ran for all): time and RSS per idle actor.
+3. ask round trip from a plain thread to one actor, p50 / p99: runtime vs pykka.
+
+Goals (see DESIGN.md "Concurrency"): fan-in >= 50x pykka and >= 0.5x asyncio; 100k actors in
+<= 10 s at <= 8 KiB each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib.metadata
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from runtime.actor import Actor, Ref
+from runtime.system import ActorSystem
+
+ACTORS = 10_000
+MESSAGES = 10
+TOTAL = ACTORS * MESSAGES
+
+
+# --- (a) this runtime -----------------------------------------------------------------------------
+
+
+class Sink(Actor):
+    mailbox_size = TOTAL  # every message may be queued here at once: the sink is the bottleneck
+
+    def __init__(self, expected: int, done: threading.Event) -> None:
+        super().__init__()
+        self.left = expected
+        self.done = done
+
+    def on_receive(self, _message: Any) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+
+
+class Forwarder(Actor):
+    def __init__(self, sink: Ref[Sink]) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def on_receive(self, message: Any) -> None:
+        self.sink.tell(message)
+
+
+def fan_in_runtime(threads: int) -> float:
+    done = threading.Event()
+    with ActorSystem(threads=threads) as system:
+        sink = system.spawn(Sink, TOTAL, done)
+        refs = [system.spawn(Forwarder, sink) for _ in range(ACTORS)]
+        _ = [ref.ask("warm") for ref in refs[:1]]  # everyone started before the clock runs
+        started = time.perf_counter()
+        for i in range(MESSAGES):
+            for ref in refs:
+                ref.tell(i)
+        done.wait(120)
+        elapsed = time.perf_counter() - started
+    return TOTAL / elapsed
+
+
+# --- (b) raw pykka --------------------------------------------------------------------------------
+
+
+class PykkaSink(pykka.ThreadingActor):
+    def __init__(self, expected: int, done: threading.Event) -> None:
+        super().__init__()
+        self.left = expected
+        self.done = done
+
+    def on_receive(self, _message: Any) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+
+
+class PykkaForwarder(pykka.ThreadingActor):
+    use_daemon_thread = True  # non-daemon thread start is O(live threads) in CPython 3.11
+
+    def __init__(self, sink: pykka.ActorRef[PykkaSink]) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def on_receive(self, message: Any) -> None:
+        self.sink.tell(message)
+
+
+def fan_in_pykka() -> tuple[float, float]:
+    done = threading.Event()
+    began = time.perf_counter()
+    sink = PykkaSink.start(TOTAL - ACTORS, done)
+    refs = [PykkaForwarder.start(sink) for _ in range(ACTORS)]
+    start_s = time.perf_counter() - began
+    started = time.perf_counter()
+    for i in range(MESSAGES):
+        for ref in refs:
+            ref.tell(i)
+    done.wait(600)
+    rate = (TOTAL - ACTORS) / (time.perf_counter() - started)  # the warm-up round is excluded
+    for ref in refs:
+        ref.stop(block=False)
+    sink.stop()
+    return rate, start_s
+
+
+# --- (c) asyncio ----------------------------------------------------------------------------------
+
+
+async def _fan_in_asyncio() -> float:
+    sink: asyncio.Queue[int] = asyncio.Queue()
+    queues: list[asyncio.Queue[int]] = [asyncio.Queue() for _ in range(ACTORS)]
+
+    async def forward(inbox: asyncio.Queue[int]) -> None:
+        while True:
+            sink.put_nowait(await inbox.get())
+
+    async def drain() -> None:
+        for _ in range(TOTAL):
+            await sink.get()
+
+    tasks = [asyncio.create_task(forward(q)) for q in queues]
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    drained = asyncio.create_task(drain())
+    for i in range(MESSAGES):
+        for q in queues:
+            q.put_nowait(i)
+    await drained
+    elapsed = time.perf_counter() - started
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return TOTAL / elapsed
+
+
+def fan_in_asyncio() -> float:
+    return asyncio.run(_fan_in_asyncio())
+
+
+# --- 100k live actors -----------------------------------------------------------------------------
+
+
+class Idle(Actor):
+    started = 0
+    all_started = threading.Event()
+    expected = 0
+
+    def on_start(self) -> None:
+        type(self).started += 1  # only dispatcher threads run on_start; with threads=1, no race
+        if type(self).started == type(self).expected:
+            type(self).all_started.set()
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def start_many(count: int) -> tuple[float, float, float]:
+    with ActorSystem(threads=1) as system:
+        Idle.expected = count
+        gc.collect()
+        before = _rss()
+        began = time.perf_counter()
+        refs = [system.spawn(Idle) for _ in range(count)]
+        Idle.all_started.wait(120)
+        elapsed = time.perf_counter() - began
+        gc.collect()
+        per_actor = (_rss() - before) / count
+        stop_began = time.perf_counter()
+        system.shutdown(120)
+        stop_s = time.perf_counter() - stop_began
+        del refs
+    return elapsed, per_actor, stop_s
+
+
+# --- ask round trip -------------------------------------------------------------------------------
+
+
+class Echo(Actor):
+    def on_receive(self, message: Any) -> Any:
+        return message
+
+
+class PykkaEcho(pykka.ThreadingActor):
+    def on_receive(self, message: Any) -> Any:
+        return message
+
+
+def _percentiles(ref: pykka.ActorRef[Any], n: int) -> tuple[float, float]:
+    for _ in range(200):
+        ref.ask(0)
+    samples = []
+    for i in range(n):
+        began = time.perf_counter()
+        ref.ask(i)
+        samples.append(time.perf_counter() - began)
+    cuts = statistics.quantiles(samples, n=100)
+    return cuts[49] * 1e6, cuts[98] * 1e6
+
+
+def ask_latency(n: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    with ActorSystem(threads=1) as system:
+        ours = _percentiles(system.spawn(Echo), n)
+    pykka_ref = PykkaEcho.start()
+    theirs = _percentiles(pykka_ref, n)
+    pykka_ref.stop()
+    return ours, theirs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip raw pykka's 10k threads")
+    parser.add_argument("--many", type=int, default=100_000, help="actors for the start test")
+    args = parser.parse_args()
+
+    versions = f"python {sys.version.split()[0]}, pykka {importlib.metadata.version('pykka')}"
+    print(f"{versions}, {os.cpu_count()} CPUs")
+    print(f"\nfan-in: {ACTORS:,} actors x {MESSAGES} messages -> 1 sink")
+    one = fan_in_runtime(threads=1)
+    two = fan_in_runtime(threads=2)
+    aio = fan_in_asyncio()
+    print(f"  runtime, 1 thread     {one:>12,.0f} msg/s")
+    print(f"  runtime, 2 threads    {two:>12,.0f} msg/s")
+    print(f"  asyncio               {aio:>12,.0f} msg/s   runtime(1)/asyncio = {one / aio:.2f}x")
+    if not args.quick:
+        raw, start_s = fan_in_pykka()
+        print(
+            f"  pykka ThreadingActor  {raw:>12,.0f} msg/s   runtime(1)/pykka = {one / raw:.0f}x"
+            f"   (starting its {ACTORS:,} threads took {start_s:.1f} s)"
+        )
+
+    elapsed, per_actor, stop_s = start_many(args.many)
+    print(
+        f"\nstart {args.many:,} live actors: {elapsed:.2f} s, RSS {per_actor / 1024:.2f} KiB each"
+    )
+    print(f"  shutdown of all of them: {stop_s:.2f} s")
+
+    (p50, p99), (pykka_p50, pykka_p99) = ask_latency(5_000)
+    print("\nask round trip from a plain thread (5,000 sequential asks)")
+    print(f"  runtime               p50 {p50:7.1f} us   p99 {p99:7.1f} us")
+    print(f"  pykka ThreadingActor  p50 {pykka_p50:7.1f} us   p99 {pykka_p99:7.1f} us")
+
+
+if __name__ == "__main__":
+    main()
