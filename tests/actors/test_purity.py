@@ -25,6 +25,8 @@ PURE_MODULES: list[str] = [
     "actors.flow_provider_map",
     "actors.recovery",
     "actors.provider",
+    "actors.flow_process",
+    "actors.tokens",
 ]
 
 FORBIDDEN: tuple[str, ...] = ("pykka", "websockets", "stripe", "msgpack", "structlog", "aiohttp")

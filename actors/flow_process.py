@@ -1,0 +1,408 @@
+"""What a payment flow decides, as data: events to persist, aliases to bind, effects to run.
+
+Pure (no I/O, no pykka): the flow actor (actors/flow_actor.py) feeds it what arrives and carries
+the `Decision` out. "Persist the event, then act": a decision's effects run only after its events
+are durable, and a decision without events acts at once (it changes nothing that could be lost).
+
+Checks for a client command come in the contract's order, after the application has done shape,
+`not_found` and `forbidden`: `expect_version` (`version_conflict`), then the transition table
+(`invalid_transition`). A refused command is a decision with `error` and nothing else.
+
+Provider calls are derived from the flow alone (`pending_calls`), so a flow loaded after a crash
+re-issues exactly the call it had persisted the cause of, with the same idempotency key:
+- `{flow_id}:create_intent:{attempt}:{version}`: one intent per selected method (switching the
+  method within an attempt creates a new one, hence the version of the `method_selected`);
+- `{flow_id}:confirm_intent:{attempt}`: one confirm per attempt;
+- `{flow_id}:cancel_intent:{attempt}`: a cancelled or expired flow cancels its intent once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from actors.commands import AttachBooking, Cancel, Command, CreateFlow, Retry, SelectMethod, Submit
+from actors.flow_core import (
+    PAYMENT_FAILURE_POLICY,
+    BookingAttached,
+    Cancelled,
+    Expired,
+    Flow,
+    FlowCreated,
+    FlowEvent,
+    FlowState,
+    IntentCreated,
+    MethodSelected,
+    PaymentFailed,
+    RecoveryPolicy,
+    Retried,
+    Submitted,
+    apply,
+    attempt_for_selection,
+    events_for_provider_status,
+)
+from actors.messages import (
+    ID_NAMESPACE,
+    IDEMPOTENCY_NAMESPACE,
+    INTENT_NAMESPACE,
+    ProviderCall,
+    ProviderObservation,
+    ProviderOp,
+    ProviderResult,
+    StopTracking,
+    TrackIntent,
+)
+from actors.provider import IntentStatus
+from runtime.errors import (
+    Conflict,
+    Internal,
+    PayflowError,
+    ProviderUnavailable,
+    Rejected,
+    VersionConflict,
+)
+
+_S = FlowState
+# States a flow may expire from: payment has not started (a recoverable FAILED may start again).
+EXPIRABLE: frozenset[FlowState] = frozenset(
+    {_S.PRE_BOOKING, _S.PAYMENT_PENDING, _S.PAYMENT_ACTIVE, _S.FAILED}
+)
+# Intent statuses the provider still lets us cancel.
+CANCELLABLE: frozenset[str] = frozenset(
+    {
+        IntentStatus.REQUIRES_PAYMENT_METHOD,
+        IntentStatus.REQUIRES_CONFIRMATION,
+        IntentStatus.REQUIRES_ACTION,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Context:
+    """What a decision needs besides the flow: the clock and the configured limits."""
+
+    now: float
+    retry_limit: int = 1  # payment attempts that may follow a failed one
+    preserve_window: float = 300.0  # seconds a flow without clients is kept before expiring
+    call_retry_delay: float = 2.0  # seconds before re-sending a call the provider did not answer
+
+    @property
+    def payment_policy(self) -> RecoveryPolicy:
+        return replace(PAYMENT_FAILURE_POLICY, retries=self.retry_limit)
+
+
+# --- effects: what the shell does once the decision's events are durable ----------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Publish:
+    """Publish the status of every version the decision persisted, in order."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleExpiry:
+    """(Re)arm the preservation timer: `ExpiryDue` in `delay` seconds."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelExpiry:
+    """A client is back (or the flow ended): disarm the preservation timer."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotifyTerminal:
+    """Tell the booking backend that the flow reached a terminal state."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallLater:
+    """Send `call` again after `delay` seconds: the provider stayed unavailable."""
+
+    call: ProviderCall
+    delay: float
+
+
+Effect = (
+    ProviderCall
+    | CallLater
+    | Publish
+    | TrackIntent
+    | StopTracking
+    | ScheduleExpiry
+    | CancelExpiry
+    | NotifyTerminal
+)
+
+
+class ReplyKind(StrEnum):
+    ACK = "ack"
+    CREATED = "created"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """Events to append (one atomic write, with `aliases` as (name, namespace)), effects to run
+    after it, and the reply owed to a client command (`error` replaces all of it)."""
+
+    events: tuple[FlowEvent, ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
+    effects: tuple[Effect, ...] = ()
+    reply: ReplyKind | None = None
+    error: PayflowError | None = None
+
+
+def versions(flow: Flow, events: Sequence[FlowEvent]) -> list[Flow]:
+    """The flow after each of `events` in turn (one per persisted version)."""
+    steps: list[Flow] = []
+    for event in events:
+        flow = apply(flow, event)
+        steps.append(flow)
+    return steps
+
+
+# --- client commands ----------------------------------------------------------------------------
+
+
+def decide(flow: Flow, command: Command, ctx: Context) -> Decision:
+    """The decision for a validated, authorised client command (see the module docstring)."""
+    try:
+        _check_version(flow, command)
+        events, aliases = _command_events(flow, command, ctx)
+        decision = _persist(flow, events, aliases)
+    except (Rejected, Conflict) as error:
+        return Decision(error=error)
+    kind = ReplyKind.CREATED if isinstance(command, CreateFlow) else ReplyKind.ACK
+    return replace(decision, reply=kind)
+
+
+def _check_version(flow: Flow, command: Command) -> None:
+    expected = command.expect_version
+    if expected is not None and expected != flow.version:
+        raise VersionConflict(
+            f"flow is at version {flow.version}, not {expected}",
+            expected=expected,
+            actual=flow.version,
+        )
+
+
+_Aliases = tuple[tuple[str, str], ...]
+
+
+def _command_events(flow: Flow, command: Command, ctx: Context) -> tuple[list[FlowEvent], _Aliases]:
+    at = ctx.now
+    match command:
+        case CreateFlow():
+            return [_created(flow, command, at)], _create_aliases(flow.flow_id, command)
+        case AttachBooking():
+            return [BookingAttached(at=at, booking_id=command.booking_id)], (
+                (command.booking_id, ID_NAMESPACE),
+            )
+        case SelectMethod():
+            method, attempt = command.payment_method, attempt_for_selection(flow)
+            return [MethodSelected(at=at, payment_method=method, attempt=attempt)], ()
+        case Submit():
+            return [Submitted(at=at)], ()
+        case Retry():
+            return [Retried(at=at)], ()
+        case Cancel():
+            return [Cancelled(at=at)], ()
+        case _:
+            raise Internal(f"{command.TYPE} is not a flow command")
+
+
+def _created(flow: Flow, command: CreateFlow, at: float) -> FlowCreated:
+    return FlowCreated(
+        at=at,
+        flow_id=flow.flow_id,
+        amount=command.amount,
+        currency=command.currency,
+        pre_id=command.pre_id,
+        metadata=dict(command.metadata),
+    )
+
+
+def _create_aliases(flow_id: str, command: CreateFlow) -> _Aliases:
+    aliases = [(flow_id, ID_NAMESPACE)]
+    if command.pre_id is not None:
+        aliases.append((command.pre_id, ID_NAMESPACE))
+    if command.idempotency_key is not None:
+        aliases.append((command.idempotency_key, IDEMPOTENCY_NAMESPACE))
+    return tuple(aliases)
+
+
+def _persist(flow: Flow, events: Sequence[FlowEvent], aliases: _Aliases = ()) -> Decision:
+    """Persist `events` (checked against the table now), then publish and act on the result."""
+    if not events:
+        return Decision()
+    after = versions(flow, events)[-1]
+    effects = (Publish(), *_consequences(flow, after), *pending_calls(after))
+    return Decision(events=tuple(events), aliases=aliases, effects=effects)
+
+
+def _consequences(before: Flow, after: Flow) -> list[Effect]:
+    """Tracking, timers and notification follow from how the flow changed."""
+    effects: list[Effect] = []
+    watching = _watching(after)
+    if watching and after.intent_id != before.intent_id:
+        effects.append(TrackIntent(intent_id=str(after.intent_id), status=after.provider_status))
+    stops = before.intent_id is not None and not watching and _watching(before)
+    if stops:
+        effects.append(StopTracking())
+    if after.is_terminal and not before.is_terminal:
+        effects.extend((CancelExpiry(), NotifyTerminal()))
+    return effects
+
+
+def _watching(flow: Flow) -> bool:
+    return flow.intent_id is not None and flow.state is not _S.FAILED and not flow.is_terminal
+
+
+# --- provider calls -------------------------------------------------------------------------------
+
+
+def pending_calls(flow: Flow) -> tuple[ProviderCall, ...]:
+    """The provider call this flow's persisted state is waiting for, if any."""
+    if flow.state is _S.PAYMENT_ACTIVE and flow.intent_id is None and flow.payment_method:
+        return (_create_call(flow, flow.payment_method),)
+    confirming = flow.provider_status == IntentStatus.REQUIRES_CONFIRMATION
+    if flow.state is _S.PAYMENT_PROCESSING and flow.intent_id is not None and confirming:
+        return (_intent_call(flow, ProviderOp.CONFIRM_INTENT, flow.intent_id),)
+    ended = flow.state in (_S.CANCELLED, _S.EXPIRED)
+    if ended and flow.intent_id is not None and flow.provider_status in CANCELLABLE:
+        return (_intent_call(flow, ProviderOp.CANCEL_INTENT, flow.intent_id),)
+    return ()
+
+
+def _create_call(flow: Flow, payment_method: str) -> ProviderCall:
+    return ProviderCall(
+        op=ProviderOp.CREATE_INTENT,
+        flow_id=flow.flow_id,
+        idempotency_key=f"{flow.flow_id}:create_intent:{flow.attempts}:{flow.version}",
+        amount=flow.amount,
+        currency=flow.currency,
+        payment_method=payment_method,
+        metadata={"flow_id": flow.flow_id},
+    )
+
+
+def _intent_call(flow: Flow, op: ProviderOp, intent_id: str) -> ProviderCall:
+    return ProviderCall(
+        op=op,
+        flow_id=flow.flow_id,
+        intent_id=intent_id,
+        idempotency_key=f"{flow.flow_id}:{op.value}:{flow.attempts}",
+    )
+
+
+def is_pending(flow: Flow, call: ProviderCall) -> bool:
+    """Whether `call` is still what the flow waits for (not superseded by a newer decision)."""
+    return any(p.idempotency_key == call.idempotency_key for p in pending_calls(flow))
+
+
+def on_provider_result(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
+    """What the answer to one of this flow's provider calls changes."""
+    call = result.call
+    if isinstance(result.error, ProviderUnavailable):
+        retry = CallLater(call=call, delay=ctx.call_retry_delay)
+        return Decision(effects=(retry,)) if is_pending(flow, call) else Decision()
+    if call.op is ProviderOp.CREATE_INTENT and is_pending(flow, call):
+        return _intent_created(flow, result, ctx)
+    if call.op is ProviderOp.CONFIRM_INTENT:
+        return _confirmed(flow, result, ctx)
+    return Decision()  # a stale create, a cancel (the flow already ended), a retrieve
+
+
+def _intent_created(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
+    intent = result.intent
+    if intent is None:
+        return _persist(flow, [_rejected(result.error, ctx)])
+    created = IntentCreated(
+        at=ctx.now,
+        intent_id=intent.intent_id,
+        client_secret=intent.client_secret,
+        provider_status=intent.status,
+    )
+    return _persist(flow, [created], ((intent.intent_id, INTENT_NAMESPACE),))
+
+
+def _confirmed(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
+    intent = result.intent
+    if intent is None:
+        if not is_pending(flow, result.call):
+            return Decision()
+        return _persist(flow, [_rejected(result.error, ctx)])
+    events = events_for_provider_status(
+        flow,
+        intent.status,
+        at=ctx.now,
+        next_action=intent.next_action,
+        error=intent.last_error,
+        intent_id=intent.intent_id,
+        policy=ctx.payment_policy,
+    )
+    return _persist(flow, events)
+
+
+def _rejected(error: PayflowError | None, ctx: Context) -> PaymentFailed:
+    # The provider refused the request itself: the same request can never pass, so no retry.
+    message = str(error) if error is not None else "the provider gave no answer"
+    return PaymentFailed(
+        at=ctx.now,
+        code="provider_rejected",
+        message=message,
+        recoverable=False,
+        provider_status=None,
+    )
+
+
+# --- provider news, presence, expiry, resume ------------------------------------------------------
+
+
+def on_observation(flow: Flow, observation: ProviderObservation, ctx: Context) -> Decision:
+    """A forward change the tracker saw for the flow's intent."""
+    events = events_for_provider_status(
+        flow,
+        observation.status,
+        at=ctx.now,
+        next_action=observation.next_action,
+        error=observation.error,
+        intent_id=observation.intent_id,
+        policy=ctx.payment_policy,
+    )
+    return _persist(flow, events)
+
+
+def on_presence(flow: Flow, attached: bool, ctx: Context) -> Decision:
+    """The first client joined (keep the flow) or the last one left (start the window)."""
+    if attached:
+        return Decision(effects=(CancelExpiry(),))
+    if flow.is_terminal or flow.state is _S.INITIAL:
+        return Decision()
+    return Decision(effects=(ScheduleExpiry(delay=ctx.preserve_window),))
+
+
+def on_expiry(flow: Flow, ctx: Context) -> Decision:
+    """The preservation window ran out with no client: expire a flow that has not started paying;
+    one that is paying keeps being tracked, and is looked at again one window later."""
+    if flow.is_terminal or flow.state is _S.INITIAL:
+        return Decision()
+    if flow.state not in EXPIRABLE:
+        return Decision(effects=(ScheduleExpiry(delay=ctx.preserve_window),))
+    return _persist(flow, [Expired(at=ctx.now)])
+
+
+def resume(flow: Flow, ctx: Context) -> tuple[Effect, ...]:
+    """What a flow loaded from the journal (restart, crash, passivation) must set going again.
+
+    Nobody is attached to a freshly loaded flow (attached flows are never passivated), so a
+    flow that could expire gets its preservation window; a rejoin cancels it.
+    """
+    effects: list[Effect] = list(pending_calls(flow))
+    if _watching(flow):
+        effects.append(TrackIntent(intent_id=str(flow.intent_id), status=flow.provider_status))
+    if not flow.is_terminal and flow.state is not _S.INITIAL:
+        effects.append(ScheduleExpiry(delay=ctx.preserve_window))
+    return tuple(effects)

@@ -1,0 +1,219 @@
+"""The flow actor end to end: real journal file, real actor system, real loop thread, on the dummy
+provider and on Stripe's SDK against a real localstripe."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actors.commands import (
+    Ack,
+    AttachBooking,
+    Cancel,
+    Created,
+    ErrorFrame,
+    Retry,
+    SelectMethod,
+    Submit,
+)
+from actors.messages import ClientPresence
+from adapters.domain import DomainSettings
+from runtime.errors import AliasConflict, InvalidTransition, VersionConflict
+from tests.domain_harness import DECLINES, NEEDS_3DS, PAYS, Backend, Harness, running, wait_until
+from tests.localstripe import LocalStripe
+
+
+@pytest.fixture(params=["dummy", "localstripe"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "dummy":
+        return Backend(name="dummy")
+    server: LocalStripe = request.getfixturevalue("localstripe")
+    return Backend(name="localstripe", localstripe=server)
+
+
+@pytest.fixture
+def harness(tmp_path: Path, backend: Backend) -> Iterator[Harness]:
+    with running(tmp_path / "journal.db", backend) as h:
+        yield h
+
+
+def _booked(h: Harness) -> tuple[str, str]:
+    created = h.create()
+    assert isinstance(created, Created)
+    booking = f"bk_{created.flow_id}"
+    ack = h.command(AttachBooking(id=created.flow_id, token=created.token, booking_id=booking))
+    assert isinstance(ack, Ack)
+    return created.flow_id, created.token
+
+
+def _paying(h: Harness, kind: str) -> tuple[str, str]:
+    flow_id, token = _booked(h)
+    h.command(SelectMethod(id=flow_id, token=token, payment_method=h.method(kind)))
+    h.wait_state(flow_id, "PAYMENT_ACTIVE", intent=True)
+    return flow_id, token
+
+
+def test_happy_path_reaches_completed_publishing_every_version(harness: Harness) -> None:
+    flow_id, token = _paying(harness, PAYS)
+    ack = harness.command(Submit(id=flow_id, token=token))
+    assert isinstance(ack, Ack)
+    harness.wait_state(flow_id, "COMPLETED")
+    views = harness.publisher.views(flow_id)
+    assert [v["version"] for v in views] == list(range(1, len(views) + 1))
+    states = [v["state"] for v in views]
+    assert states[:3] == ["PRE_BOOKING", "PAYMENT_PENDING", "PAYMENT_ACTIVE"]
+    assert states[-2:] == ["PAYMENT_PROCESSING", "COMPLETED"]
+    assert views[-1]["provider_status"] == "succeeded"
+    assert harness.kinds(flow_id)[-1] == "payment_succeeded"
+
+
+def test_three_d_secure_goes_through_requires_action(harness: Harness) -> None:
+    flow_id, token = _paying(harness, NEEDS_3DS)
+    harness.command(Submit(id=flow_id, token=token))
+    challenge = harness.wait_state(flow_id, "REQUIRES_ACTION")
+    assert challenge["next_action"] is not None
+    harness.backend.authenticate(harness.loop, challenge, success=True)
+    done = harness.wait_state(flow_id, "COMPLETED")
+    assert done["next_action"] is None
+    assert "action_required" in harness.kinds(flow_id)
+
+
+def test_decline_is_recoverable_and_retry_pays(harness: Harness) -> None:
+    flow_id, token = _paying(harness, DECLINES)
+    harness.command(Submit(id=flow_id, token=token))
+    failed = harness.wait_state(flow_id, "FAILED")
+    assert failed["error"]["recoverable"] is True
+    assert isinstance(harness.command(Retry(id=flow_id, token=token)), Ack)
+    pending = harness.wait_state(flow_id, "PAYMENT_PENDING")
+    assert pending["error"] is None
+    harness.command(SelectMethod(id=flow_id, token=token, payment_method=harness.method(PAYS)))
+    harness.wait_state(flow_id, "PAYMENT_ACTIVE", intent=True)
+    harness.command(Submit(id=flow_id, token=token))
+    done = harness.wait_state(flow_id, "COMPLETED")
+    assert done["attempts"] == 2
+
+
+def test_retry_limit_makes_the_second_decline_final(harness: Harness) -> None:
+    flow_id, token = _paying(harness, DECLINES)
+    harness.command(Submit(id=flow_id, token=token))
+    harness.wait_state(flow_id, "FAILED")
+    harness.command(Retry(id=flow_id, token=token))
+    harness.command(SelectMethod(id=flow_id, token=token, payment_method=harness.method(DECLINES)))
+    harness.wait_state(flow_id, "PAYMENT_ACTIVE", intent=True)
+    harness.command(Submit(id=flow_id, token=token))
+    final = harness.wait_state(flow_id, "FAILED")
+    assert final["error"]["recoverable"] is False
+    version = final["version"]
+    refused = harness.command(Retry(id=flow_id, token=token))
+    assert isinstance(refused, InvalidTransition)
+    assert isinstance(harness.command(Cancel(id=flow_id, token=token)), InvalidTransition)
+    assert harness.journal.head(flow_id).version == version  # type: ignore[union-attr]
+
+
+def test_cancel_cancels_the_intent_at_the_provider(harness: Harness) -> None:
+    flow_id, token = _paying(harness, PAYS)
+    intent_id = str(harness.publisher.views(flow_id)[-1]["client_secret"]).split("_secret_")[0]
+    assert isinstance(harness.command(Cancel(id=flow_id, token=token)), Ack)
+    harness.wait_state(flow_id, "CANCELLED")
+
+    def canceled_upstream() -> bool:
+        intent = harness.loop.run(harness.provider.retrieve_intent(intent_id))
+        return intent.status == "canceled"
+
+    wait_until(canceled_upstream, what="the intent canceled at the provider")
+
+
+def test_taken_booking_id_is_a_conflict_and_changes_nothing(harness: Harness) -> None:
+    first, _ = _booked(harness)
+    other = harness.create()
+    refused = harness.command(
+        AttachBooking(id=other.flow_id, token=other.token, booking_id=f"bk_{first}")
+    )
+    assert isinstance(refused, AliasConflict)
+    assert refused.code == "conflict"
+    assert harness.kinds(other.flow_id) == ["flow_created"]
+    assert harness.journal.head(other.flow_id).tag == "PRE_BOOKING"  # type: ignore[union-attr]
+
+
+def test_expect_version_mismatch_is_refused_and_changes_nothing(harness: Harness) -> None:
+    flow_id, token = _booked(harness)
+    refused = harness.command(
+        SelectMethod(id=flow_id, token=token, payment_method="pm_card_visa", expect_version=1)
+    )
+    assert isinstance(refused, VersionConflict)
+    assert ErrorFrame.from_error(refused).code == "version_conflict"
+    assert harness.kinds(flow_id) == ["flow_created", "booking_attached"]
+
+
+def test_second_create_with_the_same_idempotency_key_writes_nothing(harness: Harness) -> None:
+    harness.create(idempotency_key="idem-1")
+    refused = harness.create(flow_id="flow_second", idempotency_key="idem-1")
+    assert isinstance(refused, AliasConflict)
+    assert harness.journal.head("flow_second") is None
+    assert harness.journal.resolve("flow_second") is None
+
+
+def test_unknown_payment_method_fails_the_attempt_for_good(tmp_path: Path) -> None:
+    with running(tmp_path / "j.db", Backend(name="dummy")) as h:
+        flow_id, token = _booked(h)
+        h.command(SelectMethod(id=flow_id, token=token, payment_method="pm_bogus"))
+        failed = h.wait_state(flow_id, "FAILED")
+        assert failed["error"]["code"] == "provider_rejected"
+        assert failed["error"]["recoverable"] is False
+
+
+def test_calls_carry_deterministic_keys(tmp_path: Path) -> None:
+    with running(tmp_path / "j.db", Backend(name="dummy")) as h:
+        flow_id, token = _paying(h, PAYS)
+        h.command(Submit(id=flow_id, token=token))
+        h.wait_state(flow_id, "COMPLETED")
+        dummy = h.backend.dummy
+        assert dummy is not None
+        keys = [key for op, key in dummy.calls if op != "retrieve_intent"]
+        assert keys == [f"{flow_id}:create_intent:1:3", f"{flow_id}:confirm_intent:1"]
+
+
+def test_retry_limit_comes_from_settings(tmp_path: Path) -> None:
+    settings = DomainSettings(retry_limit=0)
+    with running(tmp_path / "j.db", Backend(name="dummy"), settings) as h:
+        flow_id, token = _paying(h, DECLINES)
+        h.command(Submit(id=flow_id, token=token))
+        assert h.wait_state(flow_id, "FAILED")["error"]["recoverable"] is False
+
+
+def test_presence_messages_before_payment_do_not_change_the_flow(tmp_path: Path) -> None:
+    with running(tmp_path / "j.db", Backend(name="dummy")) as h:
+        flow_id, _ = _booked(h)
+        h.domain.send(flow_id, ClientPresence(attached=True))
+        h.domain.send(flow_id, ClientPresence(attached=False))
+        h.domain.send(flow_id, ClientPresence(attached=True))
+        ref = wait_until(lambda: h.domain.flows.get(flow_id))
+        wait_until(ref.cell.empty, what="presence handled")
+        assert h.kinds(flow_id) == ["flow_created", "booking_attached"]
+
+
+def test_expiry_cancels_an_unpaid_flow_while_a_paying_one_is_tracked_to_its_end(
+    tmp_path: Path, backend: Backend
+) -> None:
+    settings = DomainSettings(preserve_window=0.3)
+    with running(tmp_path / "j.db", backend, settings) as h:
+        idle, _ = _paying(h, PAYS)
+        paying, token = _paying(h, NEEDS_3DS)
+        h.command(Submit(id=paying, token=token))
+        challenge = h.wait_state(paying, "REQUIRES_ACTION")
+        for flow_id in (idle, paying):
+            h.domain.send(flow_id, ClientPresence(attached=True))
+            h.domain.send(flow_id, ClientPresence(attached=False))
+        expired = h.wait_state(idle, "EXPIRED")
+        intent_id = str(expired["client_secret"]).split("_secret_")[0]
+
+        def canceled_upstream() -> bool:
+            return h.loop.run(h.provider.retrieve_intent(intent_id)).status == "canceled"
+
+        wait_until(canceled_upstream, what="the expired flow's intent canceled")
+        assert h.publisher.views(paying)[-1]["state"] == "REQUIRES_ACTION"
+        h.backend.authenticate(h.loop, challenge, success=True)
+        h.wait_state(paying, "COMPLETED")
+        assert "expired" not in h.kinds(paying)

@@ -1,0 +1,108 @@
+"""A flow survives the whole system stopping mid-call: rebuilt from the same journal file, it
+re-sends the call it had persisted the cause of, with the SAME idempotency key, and goes on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from actors.commands import AttachBooking, SelectMethod, Submit
+from adapters.dummy_provider import DummyProvider
+from adapters.effects import LoopThread
+from tests.domain_harness import PAYS, Backend, Harness, start, wait_until
+from tests.localstripe import HttpServer, LocalStripe, serve
+
+SLOW_S = 0.4  # how long the provider takes to answer a create: the window to stop the system in
+
+
+@asynccontextmanager
+async def slow_proxy(target: str) -> AsyncIterator[HttpServer]:
+    """Forwards to localstripe, recording every request, answering creates after SLOW_S."""
+    async with aiohttp.ClientSession() as upstream:
+
+        async def forward(request: web.Request, body: bytes) -> web.StreamResponse:
+            if request.method == "POST" and request.path == "/v1/payment_intents":
+                await asyncio.sleep(SLOW_S)
+            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+            async with upstream.request(
+                request.method, target + request.path_qs, data=body, headers=headers
+            ) as reply:
+                payload = await reply.read()
+                kept = {"Content-Type": reply.headers.get("Content-Type", "application/json")}
+                return web.Response(body=payload, status=reply.status, headers=kept)
+
+        async with serve(forward) as proxy:
+            yield proxy
+
+
+class Upstream:
+    """What the provider saw: the idempotency keys of intent creations, in order."""
+
+    def __init__(self, backend: Backend, proxy: HttpServer | None) -> None:
+        self.backend = backend
+        self.proxy = proxy
+
+    def create_keys(self) -> list[str]:
+        if self.proxy is None:
+            assert self.backend.dummy is not None
+            return [key or "" for op, key in self.backend.dummy.calls if op == "create_intent"]
+        return [
+            seen.headers.get("Idempotency-Key", "")
+            for seen in self.proxy.seen
+            if seen.method == "POST" and seen.path == "/v1/payment_intents"
+        ]
+
+
+@pytest.fixture(params=["dummy", "localstripe"])
+def upstream(request: pytest.FixtureRequest) -> Iterator[tuple[Upstream, LoopThread]]:
+    loop = LoopThread()
+    if request.param == "dummy":
+        backend = Backend(name="dummy", dummy=DummyProvider(latency=SLOW_S, push_delay=0.05))
+        yield Upstream(backend, None), loop
+        loop.stop()
+        return
+    server: LocalStripe = request.getfixturevalue("localstripe")
+    proxying = slow_proxy(server.base_url)
+    proxy = loop.run(proxying.__aenter__())
+    backend = Backend(name="localstripe", localstripe=server, api_base=proxy.url)
+    yield Upstream(backend, proxy), loop
+    loop.run(proxying.__aexit__(None, None, None))
+    loop.stop()
+
+
+def _stop(h: Harness) -> None:
+    h.stop()
+    h.loop.run(h.provider.close())
+
+
+def test_restart_resends_the_pending_create_with_the_same_key(
+    tmp_path: Path, upstream: tuple[Upstream, LoopThread]
+) -> None:
+    seen, loop = upstream
+    db = tmp_path / "journal.db"
+    first = start(db, seen.backend, loop=loop)
+    created = first.create()
+    flow_id, token = created.flow_id, created.token
+    first.command(AttachBooking(id=flow_id, token=token, booking_id="bk-restart"))
+    first.command(SelectMethod(id=flow_id, token=token, payment_method=first.method(PAYS)))
+    wait_until(seen.create_keys, what="the create request sent")
+    _stop(first)  # the provider's answer finds no one to tell
+
+    second = start(db, seen.backend, loop=loop)
+    try:
+        assert second.domain.recover() == 1
+        second.wait_state(flow_id, "PAYMENT_ACTIVE", intent=True)
+        second.command(Submit(id=flow_id, token=token))
+        second.wait_state(flow_id, "COMPLETED")
+        assert second.kinds(flow_id).count("intent_created") == 1
+    finally:
+        _stop(second)
+    keys = seen.create_keys()
+    assert len(keys) == 2
+    assert keys[0] == keys[1] == f"{flow_id}:create_intent:1:3"
