@@ -1,0 +1,208 @@
+"""The socket manager: the one owner of the client session / flow room table (DESIGN.md).
+
+A thin actor shell around `actors.socket_core.Rooms`: every change and every fan-out is one
+message in its mailbox, so the table is never touched by two threads. `publish` (the flow actors'
+`StatusPublisher` port) encodes a status ONCE and hands the same bytes to every session in the
+room; a session's `send` is thread-safe and never blocks (a slow reader is cut off by its own
+bounded queue, not by us), so one slow client cannot hold up a room.
+
+The shell speaks to the edges through what it is given: `encode` (the wire codec lives in
+adapters) and `tell_flow(flow_id, message)` (the domain's entity registry), so this module
+imports nothing from adapters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pykka
+
+from actors.messages import ClientPresence
+from actors.socket_core import Presence, Rooms
+from runtime.actor import Actor, Ref
+from runtime.dispatcher import DispatchFuture
+
+
+class SessionLike(Protocol):
+    """What the socket manager needs of a client connection (adapters.session.Session)."""
+
+    @property
+    def id(self) -> str: ...
+
+    def send(self, frame: bytes) -> bool: ...
+
+
+Encode = Callable[[Mapping[str, Any]], bytes]
+TellFlow = Callable[[str, object], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionInfo:
+    """One client session as `payflowctl sockets` shows it."""
+
+    session_id: str
+    remote: str
+    flows: int
+
+
+# --- messages (private: callers use the `SocketManager` facade) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Opened:
+    session: SessionLike
+    remote: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _BeginJoin:
+    session: SessionLike
+    flow_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _FinishJoin:
+    session_id: str
+    flow_id: str
+    up_to: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Leave:
+    session_id: str
+    flow_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Closed:
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Publish:
+    flow_id: str
+    view: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Sessions:
+    """Ask: the sessions as `SessionInfo`, for the control socket."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _RoomSize:
+    """Ask: how many sessions are joined to one flow."""
+
+    flow_id: str
+
+
+class SocketManagerActor(Actor):
+    """Owns `Rooms` and the session objects; see the module docstring."""
+
+    def __init__(self, *, encode: Encode, tell_flow: TellFlow) -> None:
+        super().__init__()
+        self._encode = encode
+        self._tell_flow = tell_flow
+        self._rooms: Rooms[bytes] = Rooms()
+        self._sessions: dict[str, tuple[SessionLike, str]] = {}
+
+    def on_receive(self, message: Any) -> Any:  # noqa: PLR0911 (one branch per message type)
+        match message:
+            case _Publish(flow_id=flow_id, view=view):
+                return self._publish(flow_id, view)
+            case _BeginJoin(session=session, flow_id=flow_id):
+                self._sessions.setdefault(session.id, (session, ""))
+                return self._presence(self._rooms.begin_join(session.id, flow_id))
+            case _FinishJoin(session_id=session_id, flow_id=flow_id, up_to=up_to):
+                return self._send(
+                    session_id, self._rooms.finish_join(session_id, flow_id, up_to=up_to)
+                )
+            case _Leave(session_id=session_id, flow_id=flow_id):
+                return self._presence(self._rooms.leave(session_id, flow_id))
+            case _Closed(session_id=session_id):
+                self._sessions.pop(session_id, None)
+                for change in self._rooms.drop_session(session_id):
+                    self._presence(change)
+                return None
+            case _Opened(session=session, remote=remote):
+                self._sessions[session.id] = (session, remote)
+                return None
+            case _Sessions():
+                return self._session_infos()
+            case _RoomSize(flow_id=flow_id):
+                return len(self._rooms.members(flow_id))
+        return super().on_receive(message)
+
+    def _publish(self, flow_id: str, view: Mapping[str, Any]) -> None:
+        if not self._rooms.members(flow_id):
+            return  # nobody watches: do not even encode
+        frame = self._encode(view)
+        for delivery in self._rooms.deliver(flow_id, int(view["version"]), frame):
+            self._send(delivery.session_id, [delivery.frame])
+
+    def _send(self, session_id: str, frames: list[bytes]) -> None:
+        entry = self._sessions.get(session_id)
+        if entry is None:
+            return
+        for frame in frames:
+            entry[0].send(frame)
+
+    def _presence(self, change: Presence | None) -> None:
+        if change is not None:
+            self._tell_flow(change.flow_id, ClientPresence(attached=change.attached))
+
+    def _session_infos(self) -> list[SessionInfo]:
+        return [
+            SessionInfo(
+                session_id=session_id, remote=remote, flows=len(self._rooms.flows_of(session_id))
+            )
+            for session_id, (_session, remote) in self._sessions.items()
+        ]
+
+
+class SocketManager:
+    """Thread-safe facade of the socket manager actor; implements `StatusPublisher`.
+
+    Tells return at once; the `*_async` asks are awaitable on the asyncio loop without blocking
+    it, the plain asks block (call them from worker threads only, e.g. the control socket's).
+    """
+
+    def __init__(self, ref: Ref[SocketManagerActor]) -> None:
+        self.ref = ref
+
+    def publish(self, flow_id: str, view: Mapping[str, Any]) -> None:
+        self._tell(_Publish(flow_id=flow_id, view=view))
+
+    def opened(self, session: SessionLike, remote: str) -> None:
+        self._tell(_Opened(session=session, remote=remote))
+
+    def begin_join(self, session: SessionLike, flow_id: str) -> DispatchFuture[None]:
+        """A future completed once the session is a catching-up member: publish calls made
+        after that are buffered for it, so the journal may be read from then on."""
+        future = self.ref.ask(_BeginJoin(session=session, flow_id=flow_id), block=False)
+        assert isinstance(future, DispatchFuture)  # what every runtime actor's ask returns
+        return future
+
+    def finish_join(self, session_id: str, flow_id: str, up_to: int) -> None:
+        self._tell(_FinishJoin(session_id=session_id, flow_id=flow_id, up_to=up_to))
+
+    def leave(self, session_id: str, flow_id: str) -> None:
+        self._tell(_Leave(session_id=session_id, flow_id=flow_id))
+
+    def closed(self, session_id: str) -> None:
+        self._tell(_Closed(session_id=session_id))
+
+    def sessions(self, timeout: float = 5.0) -> list[SessionInfo]:
+        result: list[SessionInfo] = self.ref.ask(_Sessions(), block=True, timeout=timeout)
+        return result
+
+    def room_size(self, flow_id: str, timeout: float = 5.0) -> int:
+        result: int = self.ref.ask(_RoomSize(flow_id=flow_id), block=True, timeout=timeout)
+        return result
+
+    def _tell(self, message: object) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # stopping: nobody is left to send to
+            self.ref.tell(message)
