@@ -31,6 +31,8 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	# The executables have no .py suffix, so each is checked as a script of its own.
+	for script in bin/*; do $(BIN)/mypy --strict $$script || exit 1; done
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/journal_bench.py
