@@ -35,6 +35,7 @@ from adapters.feeds import Feeds
 from adapters.http_server import HttpServer
 from adapters.logging_setup import configure_logging
 from adapters.metrics import Metrics
+from adapters.notifier import Notifier, Outbox
 from adapters.stripe_provider import StripeProvider, StripeWebhooks
 from runtime.config import Settings
 from runtime.errors import ConfigError
@@ -85,6 +86,7 @@ class Daemon:
         self.metrics = Metrics()
         self._stop = asyncio.Event()
         self._exit = EXIT_OK
+        self.notifier: Notifier | None = None
 
     async def run(self) -> int:
         self._announce()
@@ -107,6 +109,8 @@ class Daemon:
             domain, app = self._wire(provider)
             servers = self._servers(app, provider)
             await self._start(servers, domain)
+            if self.notifier is not None:
+                self.notifier.start()  # resend what an earlier run left undelivered
             refresher = loop.create_task(self._refresh_metrics(app, servers))
             await self._stop.wait()
             refresher.cancel()
@@ -115,6 +119,8 @@ class Daemon:
             await asyncio.to_thread(self.system.stop_all, _ACTORS_STOP_S)
             await asyncio.to_thread(domain.close)
         finally:
+            if self.notifier is not None:
+                await self.notifier.close()
             await provider.close()
 
     def request_stop(self) -> None:
@@ -161,6 +167,7 @@ class Daemon:
         """Domain, socket manager and app; the socket manager and the domain name each other,
         so the manager reaches the flows through a late-bound hop."""
         late = _LateDomain()
+        self.notifier = self._notifier()
         sockets = SocketManager(
             self.system.spawn(SocketManagerActor, encode=encode_status, tell_flow=late.send)
         )
@@ -170,7 +177,7 @@ class Daemon:
             provider,
             self._loop,
             MeteredPublisher(sockets, self.metrics),
-            None,
+            self.notifier,
             DomainSettings.from_settings(self.settings),
             on_latency=self._provider_latency,
         )
@@ -195,6 +202,17 @@ class Daemon:
         )
         self.domain = domain
         return domain, app
+
+    def _notifier(self) -> Notifier | None:
+        """The booking backend's notifier; its outbox lives in the journal's file so that
+        undelivered events are resent after a restart."""
+        settings = self.settings
+        if settings.notify_url is None:
+            return None
+        assert settings.notify_secret is not None  # load_settings requires it with notify_url
+        return Notifier(
+            settings.notify_url, settings.notify_secret, Outbox(settings.db), self._loop
+        )
 
     def _provider_latency(self, op: str, seconds: float, outcome: str) -> None:
         self.metrics.provider_call(op, outcome, seconds)

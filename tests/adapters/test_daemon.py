@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import os
 import signal
 import socket
@@ -10,6 +13,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -510,3 +514,56 @@ def test_the_stripe_provider_against_localstripe_completes_a_flow(
         seen = asyncio.run(scenario())
         assert seen[-1]["provider_status"] == "succeeded"
         assert seen[-1]["client_secret"].startswith("pi_")
+
+
+class _BackendReceiver:
+    """A booking backend on 127.0.0.1 that records each notification it is sent."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self._server = _http_server(self.received)
+        self.url = f"http://127.0.0.1:{self._server.server_port}/payflowd-events"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _http_server(received: list[tuple[dict[str, str], bytes]]) -> Any:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers.items()), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+
+def test_a_completed_flow_is_posted_to_the_booking_backend_signed(tmp_path: Path) -> None:
+    backend = _BackendReceiver()
+    secret = "notify-secret-for-tests"
+    env = {"PAYFLOWD_NOTIFY_SECRET": secret}
+    try:
+        with running_daemon(tmp_path, ["--notify-url", backend.url], env=env) as daemon:
+            flow_id = _completed_flow(daemon, "pre_notify")
+            _wait_for(lambda: bool(backend.received), "the backend notification")
+    finally:
+        backend.close()
+    headers, body = backend.received[0]
+    event = json.loads(body)
+    assert (event["type"], event["flow_id"], event["state"]) == (
+        "flow.completed",
+        flow_id,
+        "COMPLETED",
+    )
+    assert event["pre_id"] == "pre_notify"
+    assert event["intent_id"]
+    stamp, v1 = (part.split("=", 1)[1] for part in headers["Payflowd-Signature"].split(","))
+    expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(v1, expected)
+    assert secret not in daemon.log()
