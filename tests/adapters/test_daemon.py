@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -26,7 +27,7 @@ from adapters.client import PayflowClient
 from runtime.errors import AliasConflict, Forbidden, NotFound, Overloaded
 from tests.adapters.test_feeds import FeedServer, event_frame
 from tests.daemon_harness import DaemonProcess, free_port, launch, run_payflowd, running_daemon
-from tests.localstripe import LocalStripe
+from tests.localstripe import LocalStripe, recording_proxy
 
 BAD_INVOCATIONS = [
     pytest.param(["--listen", "nowhere"], {}, id="listen-without-port"),
@@ -567,3 +568,47 @@ def test_a_completed_flow_is_posted_to_the_booking_backend_signed(tmp_path: Path
     expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(v1, expected)
     assert secret not in daemon.log()
+
+
+def test_sigkill_between_persist_and_provider_call_resumes_with_the_same_key(
+    tmp_path: Path, localstripe: LocalStripe
+) -> None:
+    """The process dies right after `method_selected` is durable and before Stripe is called;
+    the restarted daemon sends the create with the deterministic key and the flow completes."""
+
+    async def scenario() -> tuple[str, list[str], list[dict[str, Any]]]:
+        async with recording_proxy(localstripe.base_url) as proxy:
+            args = ["--provider", "stripe", "--stripe-api-base", proxy.url]
+            env = {"STRIPE_API_KEY": localstripe.api_key}
+            armed = {**env, "PAYFLOWD_FAILPOINTS": "after_persist_before_provider_call=kill"}
+            first = await asyncio.to_thread(launch, tmp_path, args, env=armed)
+            async with PayflowClient(first.url) as client:
+                created = await client.create_flow(amount=1999, currency="eur")
+                flow_id, token = created["flow_id"], created["token"]
+                await client.attach_booking(flow_id, token, "bk_killed")
+                with contextlib.suppress(Exception):  # the daemon may die before it answers
+                    await client.select_method(flow_id, token, "pm_card_visa")
+            assert await asyncio.to_thread(first.process.wait, WAIT) == -signal.SIGKILL
+            assert not [seen for seen in proxy.seen if seen.method == "POST"]
+            ports = (first.listen_port, first.http_port)
+            second = await asyncio.to_thread(launch, tmp_path, args, env=env, ports=ports)
+            try:
+                async with PayflowClient(second.url) as client:
+                    subscription = await client.subscribe(flow_id, token)
+                    seen = await _until(subscription, lambda s: s["provider_status"] is not None)
+                    await client.submit(flow_id, token)
+                    seen += await _until(subscription, lambda s: s["state"] == "COMPLETED")
+            finally:
+                await asyncio.to_thread(second.stop)
+            creates = [
+                seen_request.headers.get("Idempotency-Key", "")
+                for seen_request in proxy.seen
+                if seen_request.method == "POST" and seen_request.path == "/v1/payment_intents"
+            ]
+            return flow_id, creates, seen
+
+    flow_id, creates, seen = asyncio.run(scenario())
+    assert len(creates) == 1
+    assert creates[0].startswith(f"{flow_id}:create_intent:1:")
+    assert seen[-1]["state"] == "COMPLETED"
+    assert seen[-1]["provider_status"] == "succeeded"
