@@ -1,7 +1,10 @@
 """The actor runtime next to raw pykka and plain asyncio, measured in one run.
 
-    .venv/bin/python benchmarks/runtime_bench.py            # everything (~1 min, mostly pykka)
+    .venv/bin/python benchmarks/runtime_bench.py            # everything (~1-2 min, mostly pykka)
     .venv/bin/python benchmarks/runtime_bench.py --quick    # skip raw pykka's 10k threads
+
+Each measurement runs in a fresh process: 10,000 exiting pykka threads or a 100k-actor heap would
+otherwise tax whatever is measured next.
 
 1. fan-in: ACTORS live actors x MESSAGES messages. The driver tells each actor MESSAGES messages
    (round robin), every actor forwards each one to ONE sink actor; timed until the sink has them
@@ -9,6 +12,7 @@
    per actor), (c) asyncio: one task + asyncio.Queue per actor, one wake-up per message.
 2. start 100,000 live actors (on_start ran for all): time and RSS per idle actor.
 3. ask round trip from a plain thread to one actor, p50 / p99: runtime vs pykka.
+4. why the runtime keeps actors out of pykka's ActorRegistry: its unregister scans a list.
 
 Goals (see DESIGN.md "Concurrency"): fan-in >= 50x pykka and >= 0.5x asyncio; 100k actors in
 <= 10 s at <= 8 KiB each.
@@ -20,15 +24,21 @@ import argparse
 import asyncio
 import gc
 import importlib.metadata
+import json
+import logging
 import os
+import random
 import statistics
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pykka
+import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -97,7 +107,9 @@ class PykkaSink(pykka.ThreadingActor):
 
 
 class PykkaForwarder(pykka.ThreadingActor):
-    use_daemon_thread = True  # non-daemon thread start is O(live threads) in CPython 3.11
+    # Starting non-daemon threads is O(live threads) in CPython 3.11 (10k: ~2x slower to start);
+    # daemon or not changes nothing in how messages flow.
+    use_daemon_thread = True
 
     def __init__(self, sink: pykka.ActorRef[PykkaSink]) -> None:
         super().__init__()
@@ -107,22 +119,16 @@ class PykkaForwarder(pykka.ThreadingActor):
         self.sink.tell(message)
 
 
-def fan_in_pykka() -> tuple[float, float]:
+def fan_in_pykka() -> float:
     done = threading.Event()
-    began = time.perf_counter()
-    sink = PykkaSink.start(TOTAL - ACTORS, done)
+    sink = PykkaSink.start(TOTAL, done)
     refs = [PykkaForwarder.start(sink) for _ in range(ACTORS)]
-    start_s = time.perf_counter() - began
     started = time.perf_counter()
     for i in range(MESSAGES):
         for ref in refs:
             ref.tell(i)
     done.wait(600)
-    rate = (TOTAL - ACTORS) / (time.perf_counter() - started)  # the warm-up round is excluded
-    for ref in refs:
-        ref.stop(block=False)
-    sink.stop()
-    return rate, start_s
+    return TOTAL / (time.perf_counter() - started)
 
 
 # --- (c) asyncio ----------------------------------------------------------------------------------
@@ -221,47 +227,110 @@ def _percentiles(ref: pykka.ActorRef[Any], n: int) -> tuple[float, float]:
     return cuts[49] * 1e6, cuts[98] * 1e6
 
 
-def ask_latency(n: int) -> tuple[tuple[float, float], tuple[float, float]]:
+def ask_runtime(n: int) -> tuple[float, float]:
     with ActorSystem(threads=1) as system:
-        ours = _percentiles(system.spawn(Echo), n)
-    pykka_ref = PykkaEcho.start()
-    theirs = _percentiles(pykka_ref, n)
-    pykka_ref.stop()
-    return ours, theirs
+        return _percentiles(system.spawn(Echo), n)
+
+
+def ask_pykka(n: int) -> tuple[float, float]:
+    ref = PykkaEcho.start()
+    try:
+        return _percentiles(ref, n)
+    finally:
+        ref.stop()
+
+
+# --- pykka's registry, which this runtime stays out of ----------------------------------------
+
+
+def pykka_registry(count: int) -> tuple[float, float]:
+    """Seconds to register and then unregister `count` refs, in random order, in pykka's
+    ActorRegistry (a list: unregister scans it) and in a dict as the runtime keeps them."""
+    with ActorSystem(threads=1) as system:
+        refs = [system.spawn(Echo) for _ in range(count)]
+        order = random.Random(7).sample(refs, count)
+        began = time.perf_counter()
+        for ref in refs:
+            pykka.ActorRegistry.register(ref)
+        for ref in order:
+            pykka.ActorRegistry.unregister(ref)
+        listed = time.perf_counter() - began
+        began = time.perf_counter()
+        table: dict[Any, None] = {}
+        for ref in refs:
+            table[ref] = None
+        for ref in order:
+            del table[ref]
+        return listed, time.perf_counter() - began
+
+
+# --- driver: every measurement in a fresh process, so none inherits another's threads or heap ---
+
+PARTS: dict[str, Callable[[], Any]] = {
+    "runtime1": lambda: max(fan_in_runtime(threads=1) for _ in range(3)),
+    "runtime2": lambda: max(fan_in_runtime(threads=2) for _ in range(3)),
+    "asyncio": lambda: max(fan_in_asyncio() for _ in range(3)),
+    "pykka": fan_in_pykka,
+    "many": lambda: start_many(MANY),
+    "ask": lambda: ask_runtime(ASKS),
+    "ask_pykka": lambda: ask_pykka(ASKS),
+    "registry": lambda: pykka_registry(REGISTERED),
+}
+MANY = 100_000
+ASKS = 5_000
+REGISTERED = 20_000
+
+
+def measure(part: str) -> Any:
+    """Run one part in a child process (this script with --part) and return its result."""
+    child = subprocess.run(
+        [sys.executable, __file__, "--part", part],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+    )
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def report(*, with_pykka: bool) -> None:
+    versions = f"python {sys.version.split()[0]}, pykka {importlib.metadata.version('pykka')}"
+    print(f"{versions}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(f"\nfan-in: {ACTORS:,} actors x {MESSAGES} messages -> 1 sink (best of 3)")
+    one, two, aio = measure("runtime1"), measure("runtime2"), measure("asyncio")
+    print(f"  runtime, 1 thread     {one:>10,.0f} msg/s")
+    print(f"  runtime, 2 threads    {two:>10,.0f} msg/s")
+    print(f"  asyncio               {aio:>10,.0f} msg/s   runtime(1) / asyncio = {one / aio:.2f}x")
+    if with_pykka:
+        raw = measure("pykka")
+        print(
+            f"  pykka ThreadingActor  {raw:>10,.0f} msg/s   runtime(1) / pykka = {one / raw:.0f}x"
+        )
+    elapsed, per_actor, stop_s = measure("many")
+    print(f"\nstart {MANY:,} live actors: {elapsed:.2f} s, RSS {per_actor / 1024:.2f} KiB each")
+    print(f"  and shut them all down: {stop_s:.2f} s")
+    print(f"\nask round trip from a plain thread ({ASKS:,} sequential asks)")
+    p50, p99 = measure("ask")
+    print(f"  runtime               p50 {p50:7.1f} us   p99 {p99:7.1f} us")
+    if with_pykka:
+        p50, p99 = measure("ask_pykka")
+        print(f"  pykka ThreadingActor  p50 {p50:7.1f} us   p99 {p99:7.1f} us")
+    listed, table = measure("registry")
+    print(f"\nregister + unregister {REGISTERED:,} refs in random order")
+    print(f"  pykka ActorRegistry (list)   {listed:8.3f} s")
+    print(f"  dict, as the runtime does    {table:8.3f} s")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip raw pykka's 10k threads")
-    parser.add_argument("--many", type=int, default=100_000, help="actors for the start test")
+    parser.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    versions = f"python {sys.version.split()[0]}, pykka {importlib.metadata.version('pykka')}"
-    print(f"{versions}, {os.cpu_count()} CPUs")
-    print(f"\nfan-in: {ACTORS:,} actors x {MESSAGES} messages -> 1 sink")
-    one = fan_in_runtime(threads=1)
-    two = fan_in_runtime(threads=2)
-    aio = fan_in_asyncio()
-    print(f"  runtime, 1 thread     {one:>12,.0f} msg/s")
-    print(f"  runtime, 2 threads    {two:>12,.0f} msg/s")
-    print(f"  asyncio               {aio:>12,.0f} msg/s   runtime(1)/asyncio = {one / aio:.2f}x")
-    if not args.quick:
-        raw, start_s = fan_in_pykka()
-        print(
-            f"  pykka ThreadingActor  {raw:>12,.0f} msg/s   runtime(1)/pykka = {one / raw:.0f}x"
-            f"   (starting its {ACTORS:,} threads took {start_s:.1f} s)"
-        )
-
-    elapsed, per_actor, stop_s = start_many(args.many)
-    print(
-        f"\nstart {args.many:,} live actors: {elapsed:.2f} s, RSS {per_actor / 1024:.2f} KiB each"
-    )
-    print(f"  shutdown of all of them: {stop_s:.2f} s")
-
-    (p50, p99), (pykka_p50, pykka_p99) = ask_latency(5_000)
-    print("\nask round trip from a plain thread (5,000 sequential asks)")
-    print(f"  runtime               p50 {p50:7.1f} us   p99 {p99:7.1f} us")
-    print(f"  pykka ThreadingActor  p50 {pykka_p50:7.1f} us   p99 {pykka_p99:7.1f} us")
+    if args.part:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+        print(json.dumps(PARTS[args.part]()), flush=True)
+        os._exit(0)  # raw pykka's threads are not worth the wait of a clean exit
+    report(with_pykka=not args.quick)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import structlog
 from pykka import messages
 
 from runtime.deadletters import type_name
-from runtime.dispatcher import DispatchFuture, Mailbox
+from runtime.dispatcher import Ask, DispatchFuture, Mailbox, refuse_to_block_here
 from runtime.errors import Internal, Overloaded
 
 if TYPE_CHECKING:
@@ -105,8 +105,9 @@ class _AwaitBuilt:
     """Answered by any actor once built: what `Ref.proxy()` waits for."""
 
 
-_RUNTIME_MESSAGES = frozenset(
+_NOT_PLAIN = frozenset(
     {
+        Ask,
         messages._ActorStop,
         messages.ProxyCall,
         messages.ProxyGetAttr,
@@ -114,7 +115,8 @@ _RUNTIME_MESSAGES = frozenset(
         _AwaitBuilt,
     }
 )
-"""Messages `Actor._handle_receive` handles itself; every other message goes to `on_receive`."""
+"""Queue items that are not a plain tell for `on_receive`: asks, and the messages
+`Actor._handle_receive` handles itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,48 +271,55 @@ class Cell(Mailbox):
         if self._control:
             self._obey_control()
         if self.state != RUNNING:
-            self._run_not_running()
+            self._run_not_running(batch)
             return
         actor: Actor = self.actor  # type: ignore[assignment]  # RUNNING implies built
         receive = actor.on_receive
-        handle = actor._handle_receive  # pykka's own messages: stop, proxy calls
         queue = self._queue
         while queue and batch:
             batch -= 1
-            message, reply_to = queue.popleft()
-            try:
-                if message.__class__ in _RUNTIME_MESSAGES:
-                    result = handle(message)
-                else:
-                    result = receive(message)
-            except BaseException as error:  # noqa: BLE001 - every failure is supervised
-                if not self._handler_raised(message, reply_to, error):
-                    break
-            else:
-                if reply_to is not None:
-                    reply_to.set(result)
+            message = queue.popleft()
+            if message.__class__ in _NOT_PLAIN:
+                self._handle_special(actor, message)
                 if self.state != RUNNING:
                     break
+                continue
+            try:
+                receive(message)
+            except BaseException as error:  # noqa: BLE001 - every failure is supervised
+                self.fail(error, message)
+                break
         self.last_active = time.monotonic()
         self._finish(self.state != RUNNING)
 
-    def _run_not_running(self) -> None:
+    def _handle_special(self, actor: Actor, item: Any) -> None:
+        """An ask, or one of pykka's own messages (stop, proxy calls), as pykka handles them."""
+        message, reply_to = (item.message, item.reply_to) if item.__class__ is Ask else (item, None)
+        try:
+            result = actor._handle_receive(message)
+        except BaseException as error:  # noqa: BLE001 - every failure is supervised
+            self._handler_raised(message, reply_to, error)
+        else:
+            if reply_to is not None:
+                reply_to.set(result)
+
+    def _run_not_running(self, batch: int) -> None:
         if self.state == STARTING and not self._closed:
             self._begin()
         if self.state == RUNNING:
-            self.run(0)  # started: no message this turn, but end the run the normal way
+            self.run(batch)  # just started: on to its first messages
             return
         self._finish(True)
 
-    def _handler_raised(self, message: Any, reply_to: Any, error: BaseException) -> bool:
-        """An ask gets its exception back and the actor goes on, as in pykka; anything else is a
-        failure. True if the actor can take its next message."""
+    def _handler_raised(self, message: Any, reply_to: Any, error: BaseException) -> None:
+        """An ask gets its exception back and, for an Exception, the actor goes on as in pykka.
+        Anything else fails the actor: a tell's exception, and a BaseException even in an ask
+        (the asker gets it too), since it skipped the handler's own cleanup."""
         if reply_to is not None:
             reply_to.set_exception((type(error), error, error.__traceback__))
             if isinstance(error, Exception):
-                return True
+                return
         self.fail(error, message)
-        return False
 
     def _obey_control(self) -> None:
         while (command := self._take_control()) is not None:
@@ -416,7 +425,7 @@ class Cell(Mailbox):
         self._call_hook("on_stop")
         self._closed_for_good(PASSIVATED, [], reason="passivated")
 
-    def _closed_for_good(self, state: State, left: list[tuple[Any, Any]], reason: str) -> None:
+    def _closed_for_good(self, state: State, left: list[Any], reason: str) -> None:
         actor_class = type(self.actor).__name__ if self.actor is not None else self.kind
         self.state = state
         self.stopped.set()
@@ -456,18 +465,18 @@ class Cell(Mailbox):
         raise Internal("a cell's messages are taken by its dispatcher, never by get()")
 
 
-def _answer(left: Iterable[tuple[Any, Any]]) -> list[Any]:
+def _answer(left: Iterable[Any]) -> list[Any]:
     """Answer the asks left in a closed mailbox as pykka does; return the unanswerable tells."""
     tells = []
-    for message, reply_to in left:
-        if isinstance(message, messages._ActorStop):
-            if reply_to is not None:
-                reply_to.set(None)
-        elif reply_to is not None:
+    for item in left:
+        if item.__class__ is not Ask:
+            if not isinstance(item, (messages._ActorStop, ChildFailed, ChildStopped, Adopt)):
+                tells.append(item)  # reports to a stopped supervisor are moot, not lost
+        elif isinstance(item.message, messages._ActorStop):
+            item.reply_to.set(None)
+        else:
             error = pykka.ActorDeadError("the actor stopped before handling the message")
-            reply_to.set_exception((type(error), error, None))
-        elif not isinstance(message, (ChildFailed, ChildStopped, Adopt)):
-            tells.append(message)  # reports to a stopped supervisor are moot, not lost
+            item.reply_to.set_exception((type(error), error, None))
     return tells
 
 
@@ -534,6 +543,8 @@ class Ref(pykka.ActorRef[A]):
     ) -> Any | pykka.Future[Any]:
         """As pykka: the reply, or a future of it with `block=False`. A full mailbox raises
         `Overloaded` here, at once; a dead actor fails the future with `ActorDeadError`."""
+        if block:
+            refuse_to_block_here()  # before the message goes out, not after
         future: DispatchFuture[Any] = DispatchFuture()
         try:
             self._cell.post(message, future)
@@ -558,6 +569,8 @@ class Ref(pykka.ActorRef[A]):
         self, *, block: bool = True, timeout: float | None = None
     ) -> bool | pykka.Future[bool]:
         """As pykka: stop after the messages already queued. Never refused for a full mailbox."""
+        if block:
+            refuse_to_block_here()
         reply: DispatchFuture[Any] = DispatchFuture()
         stopping: DispatchFuture[bool] = DispatchFuture()
         try:
@@ -618,8 +631,8 @@ class Actor(pykka.Actor):
         self._cell.stop_now()
 
     def _handle_receive(self, message: Any) -> Any:
-        """Only for the messages in `_RUNTIME_MESSAGES`: the cell calls `on_receive` directly
-        for every other message (one call less per message), so override `on_receive`."""
+        """Asks and pykka's own messages (stop, proxy calls) come through here; plain tells go
+        straight to `on_receive` (one call less per message), so override `on_receive`."""
         if message.__class__ is _AwaitBuilt:
             return None
         return super()._handle_receive(message)

@@ -17,6 +17,7 @@ Runtime control messages (stop, supervision) bypass the bound: refusing them wou
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import queue
 import sys
@@ -53,6 +54,15 @@ def on_dispatcher_thread() -> bool:
     replying actor itself), so futures refuse to block on these threads.
     """
     return threading.get_ident() in _WORKER_IDENTS
+
+
+def refuse_to_block_here() -> None:
+    """Raise `Internal` on a dispatcher thread, where waiting for a reply would deadlock."""
+    if on_dispatcher_thread():
+        raise Internal(
+            "blocking on a reply inside an actor would stall its dispatcher thread; "
+            "use tell, or ask(block=False) with add_done_callback"
+        )
 
 
 class Runnable(Protocol):
@@ -133,8 +143,18 @@ class Dispatcher:
                 _log.critical("dispatcher_run_failed", error_type=type(exc).__qualname__)
 
 
-class Mailbox:
-    """A bounded FIFO of `(message, reply_to)` pairs that schedules itself on a dispatcher.
+class Ask:
+    """A queued message that wants a reply. Tells are queued bare: no wrapper, no tuple."""
+
+    __slots__ = ("message", "reply_to")
+
+    def __init__(self, message: Any, reply_to: Any) -> None:
+        self.message = message
+        self.reply_to = reply_to
+
+
+class Mailbox(abc.ABC):
+    """A bounded FIFO of messages (`Ask` when a reply is due) that schedules itself to run.
 
     Subclasses implement `run(batch)`: take messages with `_queue.popleft()` (only the thread
     running the mailbox takes), then call `_finish()` exactly once at the end of every run.
@@ -149,7 +169,7 @@ class Mailbox:
             raise ValueError(f"mailbox capacity must be >= 1, got {capacity}")
         self._submit = dispatcher.submit
         self._lock = threading.Lock()
-        self._queue: deque[tuple[Any, Any]] = deque()
+        self._queue: deque[Any] = deque()
         self._control: deque[Any] | None = None  # created on first use: most actors never need it
         self._capacity = capacity
         self._scheduled = True  # held until release(): nothing runs before the actor exists
@@ -164,7 +184,7 @@ class Mailbox:
         try:
             if self._closed or len(self._queue) >= self._capacity:
                 raise self._dead() if self._closed else self._refused()
-            self._queue.append((message, reply_to))
+            self._queue.append(message if reply_to is None else Ask(message, reply_to))
             if self._scheduled:
                 return
             self._scheduled = True
@@ -177,7 +197,7 @@ class Mailbox:
         with self._lock:
             if self._closed:
                 raise self._dead()
-            self._queue.append((message, reply_to))
+            self._queue.append(message if reply_to is None else Ask(message, reply_to))
             if self._scheduled:
                 return
             self._scheduled = True
@@ -228,7 +248,7 @@ class Mailbox:
             self._closed = True
             return True
 
-    def _close(self) -> list[tuple[Any, Any]]:
+    def _close(self) -> list[Any]:
         """Close and hand back every queued message (the caller answers or dead-letters them)."""
         with self._lock:
             self._closed = True
@@ -256,8 +276,9 @@ class Mailbox:
 
     # --- what subclasses decide ------------------------------------------------------------------
 
+    @abc.abstractmethod
     def run(self, batch: int) -> None:
-        raise NotImplementedError
+        """Handle up to `batch` queued messages on the calling worker thread."""
 
     def _dead(self) -> Exception:
         return RuntimeError("mailbox closed")
@@ -303,11 +324,7 @@ class DispatchFuture(pykka.Future[T]):
         raise exc_value
 
     def _wait(self, timeout: float | None) -> tuple[Any, OptExcInfo | None]:
-        if on_dispatcher_thread():
-            raise Internal(
-                "blocking on a reply inside an actor would stall its dispatcher thread; "
-                "use tell, or ask(block=False) with add_done_callback"
-            )
+        refuse_to_block_here()
         if not self._waiter.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
             raise pykka.Timeout(f"{timeout} seconds")
         self._waiter.release()  # every later get() passes straight through

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 import pykka
 
 from runtime.actor import RUNNING, Actor, Cell, Ref
-from runtime.dispatcher import DispatchFuture
+from runtime.dispatcher import DispatchFuture, refuse_to_block_here
 from runtime.supervisor import ChildSpec, Strategy, Supervisor
 
 if TYPE_CHECKING:
@@ -128,6 +128,8 @@ class EntityRegistry(Generic[A]):
         self, entity_id: str, message: Any, *, block: bool = True, timeout: float | None = None
     ) -> Any | pykka.Future[Any]:
         """As `Ref.ask`, activating the entity if needed."""
+        if block:
+            refuse_to_block_here()
         future: DispatchFuture[Any] = DispatchFuture()
         self._deliver(entity_id, message, future)
         return future.get(timeout=timeout) if block else future

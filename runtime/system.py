@@ -24,7 +24,7 @@ import structlog
 
 from runtime.actor import Actor, Adopt, Cell, Ref, set_current_system
 from runtime.deadletters import DeadLetters
-from runtime.dispatcher import DEFAULT_BATCH, Dispatcher
+from runtime.dispatcher import DEFAULT_BATCH, Dispatcher, refuse_to_block_here
 from runtime.entities import EntityRegistry
 from runtime.scheduler import Scheduler
 from runtime.supervisor import ChildSpec, Strategy, Supervisor
@@ -207,6 +207,7 @@ class ActorSystem:
     def stop_all(self, timeout: float | None = 10.0) -> bool:
         """Stop every actor: first the workers, each after the messages already queued, then the
         supervision tree. No new actor starts afterwards. True if all stopped within `timeout`."""
+        refuse_to_block_here()  # it waits for actors that this very thread would have to run
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._live_changed:
             self._closing = True
@@ -234,7 +235,8 @@ class ActorSystem:
 
     def shutdown(self, timeout: float = 10.0) -> bool:
         """`stop_all`, then join the dispatcher threads and (if it owns it) the scheduler's.
-        True if everything stopped in time. Idempotent; not callable from an actor."""
+        True if everything stopped in time. Idempotent. Not from an actor (raises `Internal`):
+        an `on_escalation` callback should hand the decision to another thread."""
         deadline = time.monotonic() + timeout
         stopped = self.stop_all(timeout)
         if self._owns_scheduler:

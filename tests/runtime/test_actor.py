@@ -191,8 +191,10 @@ def test_an_actor_starts_actors_but_cannot_block_its_thread_on_an_ask(
     parent = system.spawn(Parent)
     child = parent.ask("spawn")
     assert child.proxy().greet("p").get() == "hello p from child"
+    actors = len(system.actors())
     with pytest.raises(Internal, match="would stall its dispatcher thread"):
         parent.ask("block on ask")
+    assert len(system.actors()) == actors  # refused before the inner ask was even sent
     assert parent.ask("where") is True
 
 

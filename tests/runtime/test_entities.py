@@ -128,8 +128,11 @@ def test_an_entity_can_veto_its_passivation(system: ActorSystem) -> None:
 class SlowStop(CounterEntity):
     """Its on_stop waits for the test, to hold a passivation half done."""
 
-    stopping = threading.Event()
-    may_stop = threading.Event()
+    def __init__(
+        self, store: Store, key: str, stopping: threading.Event, may_stop: threading.Event
+    ) -> None:
+        super().__init__(store, key)
+        self.stopping, self.may_stop = stopping, may_stop
 
     def on_stop(self) -> None:
         self.stopping.set()
@@ -140,15 +143,19 @@ def test_a_message_sent_while_the_entity_stops_waits_for_its_successor(
     system: ActorSystem,
 ) -> None:
     store = Store()
+    stopping, may_stop = threading.Event(), threading.Event()
     registry = system.entities(
-        "slow", lambda key: SlowStop(store, key), idle_after=1e-6, sweep_every=3600
+        "slow",
+        lambda key: SlowStop(store, key, stopping, may_stop),
+        idle_after=1e-6,
+        sweep_every=3600,
     )
     registry.ask("k", 1)
     registry.passivate_idle_now()
-    assert SlowStop.stopping.wait(5)
+    assert stopping.wait(5)
     registry.tell("k", 1)  # the old incarnation is closed but still in its on_stop
     assert store.loads == 1  # the new one is not built before the old one has finished
-    SlowStop.may_stop.set()
+    may_stop.set()
     assert registry.ask("k", "get", timeout=5) == Saved(count=2, version=2)
     assert store.loads == 2
 

@@ -58,7 +58,9 @@ def test_nodes_show_restarts_mailbox_depth_and_idle_time() -> None:
         gate.set()
         assert _user_child(system, "Idle").restarts == 1
         wait_until(lambda: _mailbox(system, "Blocker") == 0)
-        assert _user_child(system, "Idle").idle_s >= 0.0
+        wait_until(lambda: _user_child(system, "Idle").idle_s >= 0.05)  # idle time grows...
+        crashing.ask("busy again")
+        assert _user_child(system, "Idle").idle_s < 0.05  # ...and a message resets it
 
 
 def test_to_dict_has_the_keys_the_cli_prints() -> None:

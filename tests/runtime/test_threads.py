@@ -43,7 +43,7 @@ def test_shutdown_joins_every_thread_it_started() -> None:
     assert len(system) == 0
 
 
-def test_a_shared_scheduler_is_left_running_for_its_owner() -> None:
+def test_a_shared_timer_thread_is_left_running_for_its_owner() -> None:
     with Scheduler() as scheduler:
         with ActorSystem(scheduler=scheduler) as system:
             system.spawn(Recorder, []).ask("x")
