@@ -53,11 +53,12 @@ from actors.messages import (
     StopTracking,
     TrackIntent,
 )
-from actors.provider import IntentStatus
+from actors.provider import Intent, IntentStatus
 from runtime.errors import (
     Conflict,
     Internal,
     PayflowError,
+    ProviderRejected,
     ProviderUnavailable,
     Rejected,
     VersionConflict,
@@ -305,14 +306,17 @@ def is_pending(flow: Flow, call: ProviderCall) -> bool:
 def on_provider_result(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
     """What the answer to one of this flow's provider calls changes."""
     call = result.call
+    awaited = is_pending(flow, call) or _rereads_refused_confirm(flow, call)
     if isinstance(result.error, ProviderUnavailable):
         retry = CallLater(call=call, delay=ctx.call_retry_delay)
-        return Decision(effects=(retry,)) if is_pending(flow, call) else Decision()
-    if call.op is ProviderOp.CREATE_INTENT and is_pending(flow, call):
+        return Decision(effects=(retry,)) if awaited else Decision()
+    if call.op is ProviderOp.CREATE_INTENT and awaited:
         return _intent_created(flow, result, ctx)
     if call.op is ProviderOp.CONFIRM_INTENT:
         return _confirmed(flow, result, ctx)
-    return Decision()  # a stale create, a cancel (the flow already ended), a retrieve
+    if call.op is ProviderOp.RETRIEVE_INTENT and awaited:
+        return _reread_after_refused_confirm(flow, result, ctx)
+    return Decision()  # a stale create or re-read, a cancel (the flow already ended)
 
 
 def _intent_created(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
@@ -333,17 +337,47 @@ def _confirmed(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
     if intent is None:
         if not is_pending(flow, result.call):
             return Decision()
-        return _persist(flow, [_rejected(result.error, ctx)])
-    events = events_for_provider_status(
+        # The provider refused to confirm. When the customer already confirmed with Stripe.js
+        # (as Stripe recommends for cards), the intent has moved on and the refusal is no
+        # failure: the money may be taken. Re-read the intent before deciding anything.
+        reread = _intent_call(flow, ProviderOp.RETRIEVE_INTENT, str(flow.intent_id))
+        return Decision(effects=(reread,))
+    return _persist(flow, _status_events(flow, intent.status, intent=intent, ctx=ctx))
+
+
+def _rereads_refused_confirm(flow: Flow, call: ProviderCall) -> bool:
+    """Whether `call` is the re-read `_confirmed` asked for and the confirm is still awaited."""
+    return call.op is ProviderOp.RETRIEVE_INTENT and any(
+        p.op is ProviderOp.CONFIRM_INTENT and p.intent_id == call.intent_id
+        for p in pending_calls(flow)
+    )
+
+
+def _reread_after_refused_confirm(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
+    """The intent as it stands after the provider refused our confirm: if it moved on (the
+    client confirmed it), follow it; if it still waits for a confirm, the refusal was real."""
+    intent = result.intent
+    events = [] if intent is None else _status_events(flow, intent.status, intent=intent, ctx=ctx)
+    if events:
+        return _persist(flow, events)
+    refusal = result.error or ProviderRejected("the provider refused to confirm the payment")
+    return _persist(flow, [_rejected(refusal, ctx)])
+
+
+def _status_events(
+    flow: Flow, status: str, *, intent: Intent | ProviderObservation, ctx: Context
+) -> list[FlowEvent]:
+    """The forward events a provider status means for `flow` (the one mapping, with the
+    intent's details and this flow's retry policy)."""
+    return events_for_provider_status(
         flow,
-        intent.status,
+        status,
         at=ctx.now,
         next_action=intent.next_action,
-        error=intent.last_error,
+        error=intent.last_error if isinstance(intent, Intent) else intent.error,
         intent_id=intent.intent_id,
         policy=ctx.payment_policy,
     )
-    return _persist(flow, events)
 
 
 def _rejected(error: PayflowError | None, ctx: Context) -> PaymentFailed:
@@ -363,16 +397,7 @@ def _rejected(error: PayflowError | None, ctx: Context) -> PaymentFailed:
 
 def on_observation(flow: Flow, observation: ProviderObservation, ctx: Context) -> Decision:
     """A forward change the tracker saw for the flow's intent."""
-    events = events_for_provider_status(
-        flow,
-        observation.status,
-        at=ctx.now,
-        next_action=observation.next_action,
-        error=observation.error,
-        intent_id=observation.intent_id,
-        policy=ctx.payment_policy,
-    )
-    return _persist(flow, events)
+    return _persist(flow, _status_events(flow, observation.status, intent=observation, ctx=ctx))
 
 
 def on_presence(flow: Flow, attached: bool, ctx: Context) -> Decision:

@@ -217,3 +217,15 @@ def test_expiry_cancels_an_unpaid_flow_while_a_paying_one_is_tracked_to_its_end(
         h.backend.authenticate(h.loop, challenge, success=True)
         h.wait_state(paying, "COMPLETED")
         assert "expired" not in h.kinds(paying)
+
+
+def test_a_client_side_confirm_racing_submit_still_completes(harness: Harness) -> None:
+    """The customer confirms with Stripe.js (here: straight at the provider) and the front end
+    also sends `submit`; whichever the daemon sees first, the paid flow ends COMPLETED."""
+    flow_id, token = _paying(harness, PAYS)
+    intent_id = str(harness.publisher.views(flow_id)[-1]["client_secret"]).split("_secret_")[0]
+    paid = harness.loop.run(harness.provider.confirm_intent(intent_id, idempotency_key="js-1"))
+    assert paid.status == "succeeded"
+    harness.command(Submit(id=flow_id, token=token))  # ack, or invalid_transition if it is over
+    harness.wait_state(flow_id, "COMPLETED")
+    assert "payment_failed" not in harness.kinds(flow_id)

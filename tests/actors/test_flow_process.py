@@ -219,3 +219,53 @@ def test_tokens_verify_only_their_flow() -> None:
 
 def _submitted() -> Submitted:
     return Submitted(at=1.0)
+
+
+def _confirming() -> tuple[Flow, ProviderCall]:
+    flow = _run(_with_intent(), fp.decide(_with_intent(), Submit(id="f1", token=T), CTX))
+    (confirm,) = fp.pending_calls(flow)
+    return flow, confirm
+
+
+def _refused_confirm_rereads(flow: Flow, confirm: ProviderCall) -> ProviderCall:
+    refused = ProviderResult(call=confirm, error=ProviderRejected("unexpected state"))
+    decision = fp.on_provider_result(flow, refused, CTX)
+    assert decision.events == ()  # nothing is decided on a refusal alone
+    (reread,) = decision.effects
+    assert isinstance(reread, ProviderCall)
+    assert (reread.op, reread.intent_id) == (ProviderOp.RETRIEVE_INTENT, "pi_1")
+    return reread
+
+
+def test_a_refused_confirm_on_an_intent_the_client_already_paid_completes_the_flow() -> None:
+    flow, confirm = _confirming()
+    reread = _refused_confirm_rereads(flow, confirm)
+    paid = ProviderResult(call=reread, intent=_intent("succeeded"))
+    done = _run(flow, fp.on_provider_result(flow, paid, CTX))
+    assert done.state is FlowState.COMPLETED
+    assert done.provider_status == "succeeded"
+
+
+def test_a_refused_confirm_on_an_intent_still_unconfirmed_fails_for_good() -> None:
+    flow, confirm = _confirming()
+    reread = _refused_confirm_rereads(flow, confirm)
+    unchanged = ProviderResult(call=reread, intent=_intent("requires_confirmation"))
+    failed = _run(flow, fp.on_provider_result(flow, unchanged, CTX))
+    assert failed.state is FlowState.FAILED
+    assert failed.error is not None
+    assert (failed.error.code, failed.is_terminal) == ("provider_rejected", True)
+
+
+def test_an_unanswered_reread_is_asked_again_and_a_stale_one_is_ignored() -> None:
+    flow, confirm = _confirming()
+    reread = _refused_confirm_rereads(flow, confirm)
+    down = ProviderResult(call=reread, error=ProviderUnavailable("x"))
+    assert fp.on_provider_result(flow, down, CTX).effects == (
+        fp.CallLater(call=reread, delay=CTX.call_retry_delay),
+    )
+    paid = _run(
+        flow,
+        fp.on_provider_result(flow, ProviderResult(call=reread, intent=_intent("succeeded")), CTX),
+    )
+    late = ProviderResult(call=reread, intent=_intent("requires_confirmation"))
+    assert fp.on_provider_result(paid, late, CTX) == fp.Decision()
