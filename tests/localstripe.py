@@ -262,12 +262,17 @@ async def serve(answer: Answer) -> AsyncIterator[HttpServer]:
 
 
 @asynccontextmanager
-async def recording_proxy(target: str, *, fail_first: int = 0) -> AsyncIterator[HttpServer]:
+async def recording_proxy(
+    target: str, *, fail_first: int = 0, create_delay: float = 0.0
+) -> AsyncIterator[HttpServer]:
     """A reverse proxy to `target` that records what went over the wire. The first `fail_first`
-    requests get a 503 Stripe-style error instead of being forwarded."""
+    requests get a 503 Stripe-style error instead of being forwarded; intent creations are
+    answered `create_delay` seconds late (a window to stop a process with a call in flight)."""
     async with aiohttp.ClientSession() as upstream:
 
         async def forward(request: web.Request, body: bytes) -> web.StreamResponse:
+            if request.method == "POST" and request.path == "/v1/payment_intents":
+                await asyncio.sleep(create_delay)
             if len(proxy.seen) <= fail_first:
                 error = {"error": {"type": "api_error", "message": "try again"}}
                 return web.json_response(error, status=503)

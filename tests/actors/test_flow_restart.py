@@ -3,42 +3,18 @@ re-sends the call it had persisted the cause of, with the SAME idempotency key, 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
-from aiohttp import web
 
 from actors.commands import AttachBooking, SelectMethod, Submit
 from adapters.dummy_provider import DummyProvider
 from adapters.effects import LoopThread
 from tests.domain_harness import PAYS, Backend, Harness, start, wait_until
-from tests.localstripe import HttpServer, LocalStripe, serve
+from tests.localstripe import HttpServer, LocalStripe, recording_proxy
 
 SLOW_S = 0.4  # how long the provider takes to answer a create: the window to stop the system in
-
-
-@asynccontextmanager
-async def slow_proxy(target: str) -> AsyncIterator[HttpServer]:
-    """Forwards to localstripe, recording every request, answering creates after SLOW_S."""
-    async with aiohttp.ClientSession() as upstream:
-
-        async def forward(request: web.Request, body: bytes) -> web.StreamResponse:
-            if request.method == "POST" and request.path == "/v1/payment_intents":
-                await asyncio.sleep(SLOW_S)
-            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-            async with upstream.request(
-                request.method, target + request.path_qs, data=body, headers=headers
-            ) as reply:
-                payload = await reply.read()
-                kept = {"Content-Type": reply.headers.get("Content-Type", "application/json")}
-                return web.Response(body=payload, status=reply.status, headers=kept)
-
-        async with serve(forward) as proxy:
-            yield proxy
 
 
 class Upstream:
@@ -68,7 +44,7 @@ def upstream(request: pytest.FixtureRequest) -> Iterator[tuple[Upstream, LoopThr
         loop.stop()
         return
     server: LocalStripe = request.getfixturevalue("localstripe")
-    proxying = slow_proxy(server.base_url)
+    proxying = recording_proxy(server.base_url, create_delay=SLOW_S)
     proxy = loop.run(proxying.__aenter__())
     backend = Backend(name="localstripe", localstripe=server, api_base=proxy.url)
     yield Upstream(backend, proxy), loop
