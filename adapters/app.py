@@ -341,12 +341,11 @@ class App:
         flow_id = self._journal.resolve(id)
         if flow_id is not None and self._restart_flow is not None:
             return {"restarted": self._restart_flow(flow_id), "flow_id": flow_id}
-        cells = [ref.cell for ref in self._system.actors() if ref.cell.name == id]
-        if not cells:
+        refs = [ref for ref in self._system.actors() if ref.cell.name == id]
+        if not refs:
             raise NotFound(f"no flow and no actor is known by {id!r}")
-        for cell in cells:
-            cell.request_restart()
-        return {"restarted": [id], "flow_id": None}
+        restarted = [id for ref in refs if self._system.restart(ref)]
+        return {"restarted": restarted, "flow_id": None}
 
     def drain(self) -> JsonObject:
         self.draining = True

@@ -47,6 +47,7 @@ EXIT_FAILED = 1
 _BRIDGE_DRAIN_S = 2.0
 _ACTORS_STOP_S = 4.0
 _METRICS_EVERY_S = 1.0
+_RESTART_WAIT_S = 5.0  # how long `payflowctl restart` waits for a supervisor to answer
 
 
 def _log() -> Any:
@@ -190,7 +191,7 @@ class Daemon:
             metrics=self.metrics,
             token_secret=domain.token_secret,
             api_key=self.settings.api_key,
-            restart_flow=lambda flow_id: _restart_flow(domain, flow_id),
+            restart_flow=lambda flow_id: _restart_flow(self.system, domain, flow_id),
         )
         self.feeds = app.feeds = Feeds(
             self.settings.feeds,
@@ -272,12 +273,13 @@ class Daemon:
             await asyncio.sleep(_METRICS_EVERY_S)
 
 
-def _restart_flow(domain: Domain, flow_id: str) -> list[str]:
-    """Restart the flow's live actors (flow, tracker); a passivated one is reloaded instead."""
+def _restart_flow(system: ActorSystem, domain: Domain, flow_id: str) -> list[str]:
+    """Restart the flow's live actors (flow, tracker) through their supervisors; a passivated
+    flow is loaded instead. Runs on the control server's worker thread, so it may wait."""
     restarted = []
     for registry in (domain.flows, domain.trackers):
         ref = registry.get(flow_id)
-        if ref is not None and ref.cell.request_restart():
+        if ref is not None and system.restart(ref, timeout=_RESTART_WAIT_S):
             restarted.append(f"{registry.kind}/{flow_id}")
     if not restarted:
         domain.flows.tell(flow_id, Wake())

@@ -27,12 +27,20 @@ from runtime.actor import Actor, Adopt, Cell, ChildFailed, ChildStopped, Ref
 from runtime.deadletters import type_name
 from runtime.errors import Escalated
 
-__all__ = ["ONE_FOR_ALL", "ONE_FOR_ONE", "ChildSpec", "Strategy", "Supervisor"]
+__all__ = ["ONE_FOR_ALL", "ONE_FOR_ONE", "ChildSpec", "RestartChild", "Strategy", "Supervisor"]
 
 _log = structlog.get_logger(__name__)
 
 ONE_FOR_ONE: Final = "one_for_one"
 ONE_FOR_ALL: Final = "one_for_all"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartChild:
+    """An operator's request to restart one child now (`payflowctl restart`). Not a failure, so
+    it spends none of the restart intensity; the reply is whether the child was restarted."""
+
+    cell: Cell
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,6 +125,8 @@ class Supervisor(Actor):
                 self._children[message.cell] = message.cell.incarnation
         elif isinstance(message, ChildStopped):
             self._children.pop(message.cell, None)
+        elif isinstance(message, RestartChild):
+            return self._restart_on_request(message.cell)
         else:
             return super().on_receive(message)
         return None
@@ -140,6 +150,13 @@ class Supervisor(Actor):
             strategy=self.strategy.kind,
             error_type=type_name(report.error),
         )
+
+    def _restart_on_request(self, cell: Cell) -> bool:
+        if cell not in self._children:
+            return False
+        self._restart(cell)
+        _log.info("child_restarted", supervisor=self._cell.name, child=cell.name, reason="request")
+        return cell in self._children
 
     def _restart(self, cell: Cell) -> None:
         if cell.request_restart():

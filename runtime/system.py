@@ -27,7 +27,7 @@ from runtime.deadletters import DeadLetters
 from runtime.dispatcher import DEFAULT_BATCH, Dispatcher, refuse_to_block_here
 from runtime.entities import EntityRegistry
 from runtime.scheduler import Scheduler
-from runtime.supervisor import ChildSpec, Strategy, Supervisor
+from runtime.supervisor import ChildSpec, RestartChild, Strategy, Supervisor
 
 __all__ = ["DEFAULT_MAILBOX_SIZE", "DEFAULT_THREADS", "ActorSystem"]
 
@@ -148,6 +148,15 @@ class ActorSystem:
             mailbox_size=mailbox_size,
             parent=parent,
         )
+
+    def restart(self, ref: Ref[Any], *, timeout: float = 5.0) -> bool:
+        """Restart `ref`'s actor through its supervisor, as an operator's request (no restart
+        intensity spent). False for the root, or an actor its supervisor no longer has.
+        Waits for the supervisor's answer, so not from an actor."""
+        parent = ref.cell.parent
+        if parent is None:
+            return False
+        return bool(parent.ref.ask(RestartChild(cell=ref.cell), timeout=timeout))
 
     # --- the cells' side -------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import structlog
 from runtime.actor import Actor, Ref
 from runtime.errors import Escalated
 from runtime.introspection import tree
-from runtime.supervisor import ONE_FOR_ALL, ChildSpec, Strategy, Supervisor
+from runtime.supervisor import ONE_FOR_ALL, ChildSpec, RestartChild, Strategy, Supervisor
 from runtime.system import ActorSystem
 from tests.runtime.test_actor import wait_until
 
@@ -218,3 +218,27 @@ class SecretCrash:
 def _child_of(sup: Ref[Any], name: str) -> Ref[Any] | None:
     actor = sup.cell.actor
     return actor.child(name) if isinstance(actor, Supervisor) else None
+
+
+def test_a_requested_restart_goes_through_the_supervisor_and_keeps_its_books(
+    system: ActorSystem, escalations: list[BaseException]
+) -> None:
+    store: dict[str, int] = {}
+    sup, children = start_supervisor(system, store, Strategy(max_restarts=1, within=60), "a")
+    a = children["a"]
+    a.ask("inc")
+    before = a.ask("instance")
+    assert sup.ask(RestartChild(cell=a.cell)) is True
+    assert a.ask("instance") != before  # a new instance behind the same ref
+    assert a.ask("get") == 1  # rebuilt from the store
+    a.tell("crash")  # the one failure the intensity allows is still available...
+    wait_until(lambda: a.ask("get") == 1 and a.is_alive())
+    node = tree(system).find("sup")
+    assert node is not None
+    assert [c.restarts for c in node.children] == [2]
+    assert sup.ask(RestartChild(cell=sup.cell)) is False  # not its child
+    assert system.restart(a)  # the same request, addressed through the system
+    assert a.ask("get") == 1  # answered by the new instance, so the restart is done
+    assert [c.restarts for c in tree(system).find("sup").children] == [3]  # type: ignore[union-attr]
+    assert not system.restart(system.root)  # the root has no supervisor
+    assert escalations == []
