@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ EXIT_FAILED = 1
 _BRIDGE_DRAIN_S = 2.0
 _ACTORS_STOP_S = 4.0
 _METRICS_EVERY_S = 1.0
+_NOTIFY_SINCE_KEY = "notify_since"  # journal meta: when --notify-url was first used
 _RESTART_WAIT_S = 5.0  # how long `payflowctl restart` waits for a supervisor to answer
 
 
@@ -111,7 +113,7 @@ class Daemon:
             servers = self._servers(app, provider)
             await self._start(servers, domain)
             if self.notifier is not None:
-                self.notifier.start()  # resend what an earlier run left undelivered
+                await self._start_notifier(self.notifier)
             refresher = loop.create_task(self._refresh_metrics(app, servers))
             await self._stop.wait()
             refresher.cancel()
@@ -214,6 +216,13 @@ class Daemon:
         return Notifier(
             settings.notify_url, settings.notify_secret, Outbox(settings.db), self._loop
         )
+
+    async def _start_notifier(self, notifier: Notifier) -> None:
+        """Resend what an earlier run left undelivered, then queue flows that finished without
+        reaching the outbox (a crash in between), counting from when notifying was enabled."""
+        notifier.start()
+        since = float(self.journal.meta(_NOTIFY_SINCE_KEY, lambda: repr(time.time())))
+        await asyncio.to_thread(notifier.reconcile, self.journal, since=since)
 
     def _provider_latency(self, op: str, seconds: float, outcome: str) -> None:
         self.metrics.provider_call(op, outcome, seconds)

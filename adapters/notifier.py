@@ -27,7 +27,10 @@ from typing import Any
 import aiohttp
 import structlog
 
+from actors.flow_actor import load_flow
+from actors.flow_core import status_view
 from runtime.backoff import Backoff
+from runtime.journal import Journal
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +92,14 @@ class Outbox:
             )
             return cursor.rowcount == 1
 
+    def known(self, event_id: str) -> bool:
+        """Whether this event id was ever stored (delivered or not)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM notify_outbox WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        return row is not None
+
     def pending(self) -> list[tuple[str, bytes]]:
         with self._lock:
             rows = self._conn.execute(
@@ -147,6 +158,25 @@ class Notifier:
         """Resend what an earlier run left undelivered (call once at start, any thread)."""
         for event_id, body in self._outbox.pending():
             self._loop.call_soon_threadsafe(self._send, event_id, body)
+
+    def reconcile(self, journal: Journal, *, since: float) -> int:
+        """Queue every flow that finished at or after `since` but never reached the outbox.
+
+        The terminal event is durable before its outbox row is written, so a crash between the
+        two would lose the notification; the journal is the truth, and this closes that gap at
+        start. Blocking (SQLite reads): call it off the event loop. Returns how many it queued.
+        """
+        queued = 0
+        for head in journal.heads(tags=EVENT_TYPES.keys()):
+            if head.updated_at < since or self._outbox.known(f"{head.stream_id}:{head.version}"):
+                continue
+            flow = load_flow(journal, head.stream_id)
+            if flow.is_terminal:  # a recoverable FAILED may still be retried: not final
+                self.flow_terminal(status_view(flow), intent_id=flow.intent_id)
+                queued += 1
+        if queued:
+            log.warning("notifications_reconciled", count=queued)
+        return queued
 
     async def close(self) -> None:
         """Stop sending (what is left stays in the outbox for the next start)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from actors.commands import AttachBooking, Cancel
 from adapters.effects import LoopThread
 from adapters.notifier import SIGNATURE_HEADER, Notifier, Outbox
 from runtime.backoff import Backoff
+from runtime.sqlite_journal import SQLiteJournal
 from tests.domain_harness import Backend, start, wait_until
 from tests.localstripe import HttpServer, SeenRequest, serve
 
@@ -112,3 +114,38 @@ def test_a_cancelled_flow_notifies_the_backend(tmp_path: Path, loop: LoopThread)
     assert body["type"] == "flow.cancelled"
     assert body["event_id"] == f"{created.flow_id}:3"
     assert body["booking_id"] == "bk-n"
+
+
+def test_flows_that_finished_without_reaching_the_outbox_are_reconciled(
+    tmp_path: Path, loop: LoopThread
+) -> None:
+    """A crash between the terminal event and its outbox row: the next start sends it."""
+    db = tmp_path / "j.db"
+    h = start(db, Backend(name="dummy"), loop=loop)  # no notifier: the rows never get written
+    try:
+        flows = [h.create() for _ in range(2)]
+        for created in flows:
+            h.command(Cancel(id=created.flow_id, token=created.token))
+            h.wait_state(created.flow_id, "CANCELLED")
+        open_flow = h.create()
+    finally:
+        h.stop()
+        loop.run(h.provider.close())
+    server, serving = _backend(loop, fail_first=0)
+    outbox = Outbox(db)
+    notifier = Notifier(server.url, SECRET, outbox, loop.loop, backoff=FAST)
+    journal = SQLiteJournal(db)
+    try:
+        assert notifier.reconcile(journal, since=0.0) == 2
+        wait_until(lambda: len(server.seen) == 2 and outbox.pending() == [], what="both sent")
+        assert notifier.reconcile(journal, since=0.0) == 0  # known now: never queued twice
+        assert notifier.reconcile(journal, since=time.time() + 60) == 0
+    finally:
+        journal.close()
+        loop.run(notifier.close())
+        loop.run(serving.__aexit__(None, None, None))  # type: ignore[attr-defined]
+    bodies = sorted((_verified(seen) for seen in server.seen), key=lambda b: str(b["flow_id"]))
+    expected = sorted(f"{created.flow_id}:2" for created in flows)
+    assert [b["event_id"] for b in bodies] == expected
+    assert {b["type"] for b in bodies} == {"flow.cancelled"}
+    assert open_flow.flow_id not in {b["flow_id"] for b in bodies}
