@@ -23,9 +23,10 @@ from typing import Any, Final, Literal
 
 import structlog
 
-from runtime.actor import Actor, Adopt, Cell, ChildFailed, ChildStopped, Ref
+from runtime.actor import Actor, Cell, Ref
 from runtime.deadletters import type_name
 from runtime.errors import Escalated
+from runtime.lifecycle import Adopt, ChildFailed, ChildStopped
 
 __all__ = ["ONE_FOR_ALL", "ONE_FOR_ONE", "ChildSpec", "RestartChild", "Strategy", "Supervisor"]
 

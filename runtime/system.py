@@ -22,10 +22,11 @@ from typing import Any, TypeVar
 import pykka
 import structlog
 
-from runtime.actor import Actor, Adopt, Cell, Ref, set_current_system
+from runtime.actor import Actor, Cell, Ref
 from runtime.deadletters import DeadLetters
 from runtime.dispatcher import DEFAULT_BATCH, Dispatcher, refuse_to_block_here
 from runtime.entities import EntityRegistry
+from runtime.lifecycle import Adopt, set_current_system
 from runtime.scheduler import Scheduler
 from runtime.supervisor import ChildSpec, RestartChild, Strategy, Supervisor
 
