@@ -53,7 +53,7 @@ from actors.messages import (
 from actors.tokens import flow_token
 from runtime import failpoints
 from runtime.actor import Actor
-from runtime.errors import Internal, PayflowError, VersionConflict
+from runtime.errors import Internal, NotFound, PayflowError, VersionConflict
 from runtime.group_commit import GroupCommitter
 from runtime.journal import Alias, AppendRequest, Journal, NewEvent, Snapshot
 from runtime.scheduler import Scheduler, TimerHandle
@@ -105,6 +105,14 @@ class _Append:
     before: Flow
     decision: fp.Decision
     command: ClientCommand | None
+
+
+def resolve_flow(journal: Journal, any_id: str) -> str:
+    """The flow a flow_id, booking_id or pre_id names (one namespace); `NotFound` if none."""
+    flow_id = journal.resolve(any_id)
+    if flow_id is None:
+        raise NotFound(f"no flow is known by {any_id!r}")
+    return flow_id
 
 
 def load_flow(journal: Journal, flow_id: str) -> Flow:

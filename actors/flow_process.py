@@ -19,12 +19,10 @@ re-issues exactly the call it had persisted the cause of, with the same idempote
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import replace
 
 from actors.commands import AttachBooking, Cancel, Command, CreateFlow, Retry, SelectMethod, Submit
 from actors.flow_core import (
-    PAYMENT_FAILURE_POLICY,
     BookingAttached,
     Cancelled,
     Expired,
@@ -35,12 +33,22 @@ from actors.flow_core import (
     IntentCreated,
     MethodSelected,
     PaymentFailed,
-    RecoveryPolicy,
     Retried,
     Submitted,
-    apply,
     attempt_for_selection,
     events_for_provider_status,
+)
+from actors.flow_decisions import (
+    CallLater,
+    CancelExpiry,
+    Context,
+    Decision,
+    Effect,
+    NotifyTerminal,
+    Publish,
+    ReplyKind,
+    ScheduleExpiry,
+    versions,
 )
 from actors.messages import (
     ID_NAMESPACE,
@@ -64,6 +72,30 @@ from runtime.errors import (
     VersionConflict,
 )
 
+# The decision vocabulary is part of this module's interface: the flow actor reads it as `fp.*`.
+__all__ = [
+    "CANCELLABLE",
+    "EXPIRABLE",
+    "CallLater",
+    "CancelExpiry",
+    "Context",
+    "Decision",
+    "Effect",
+    "NotifyTerminal",
+    "Publish",
+    "ReplyKind",
+    "ScheduleExpiry",
+    "decide",
+    "is_pending",
+    "on_expiry",
+    "on_observation",
+    "on_presence",
+    "on_provider_result",
+    "pending_calls",
+    "resume",
+    "versions",
+]
+
 _S = FlowState
 # States a flow may expire from: payment has not started (a recoverable FAILED may start again).
 EXPIRABLE: frozenset[FlowState] = frozenset(
@@ -77,91 +109,6 @@ CANCELLABLE: frozenset[str] = frozenset(
         IntentStatus.REQUIRES_ACTION,
     }
 )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Context:
-    """What a decision needs besides the flow: the clock and the configured limits."""
-
-    now: float
-    retry_limit: int = 1  # payment attempts that may follow a failed one
-    preserve_window: float = 300.0  # seconds a flow without clients is kept before expiring
-    call_retry_delay: float = 2.0  # seconds before re-sending a call the provider did not answer
-
-    @property
-    def payment_policy(self) -> RecoveryPolicy:
-        return replace(PAYMENT_FAILURE_POLICY, retries=self.retry_limit)
-
-
-# --- effects: what the shell does once the decision's events are durable ----------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Publish:
-    """Publish the status of every version the decision persisted, in order."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScheduleExpiry:
-    """(Re)arm the preservation timer: `ExpiryDue` in `delay` seconds."""
-
-    delay: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CancelExpiry:
-    """A client is back (or the flow ended): disarm the preservation timer."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NotifyTerminal:
-    """Tell the booking backend that the flow reached a terminal state."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CallLater:
-    """Send `call` again after `delay` seconds: the provider stayed unavailable."""
-
-    call: ProviderCall
-    delay: float
-
-
-Effect = (
-    ProviderCall
-    | CallLater
-    | Publish
-    | TrackIntent
-    | StopTracking
-    | ScheduleExpiry
-    | CancelExpiry
-    | NotifyTerminal
-)
-
-
-class ReplyKind(StrEnum):
-    ACK = "ack"
-    CREATED = "created"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Decision:
-    """Events to append (one atomic write, with `aliases` as (name, namespace)), effects to run
-    after it, and the reply owed to a client command (`error` replaces all of it)."""
-
-    events: tuple[FlowEvent, ...] = ()
-    aliases: tuple[tuple[str, str], ...] = ()
-    effects: tuple[Effect, ...] = ()
-    reply: ReplyKind | None = None
-    error: PayflowError | None = None
-
-
-def versions(flow: Flow, events: Sequence[FlowEvent]) -> list[Flow]:
-    """The flow after each of `events` in turn (one per persisted version)."""
-    steps: list[Flow] = []
-    for event in events:
-        flow = apply(flow, event)
-        steps.append(flow)
-    return steps
 
 
 # --- client commands ----------------------------------------------------------------------------

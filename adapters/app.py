@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import secrets
 import threading
-import time
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import structlog
 
 from actors.commands import Ack, Command, Created, CreateFlow, FlowRequest, Join, Leave, Reply
-from actors.flow_actor import load_flow
+from actors.flow_actor import resolve_flow
 from actors.flow_core import Flow, apply, event_from_record
 from actors.flow_view import status_view
 from actors.messages import IDEMPOTENCY_NAMESPACE, ClientCommand, StatusPublisher
@@ -35,8 +32,6 @@ from actors.provider import ProviderEvent
 from actors.socket_manager import SocketManager
 from actors.tokens import flow_token, verify_token
 from adapters.codec import encode_status
-from adapters.control_protocol import JsonObject
-from adapters.feeds import FEED_TAG
 from adapters.metrics import Metrics
 from adapters.session import Session
 from runtime.dispatcher import as_asyncio
@@ -49,8 +44,7 @@ from runtime.errors import (
     PayflowError,
     VersionConflict,
 )
-from runtime.introspection import tree
-from runtime.journal import Journal, StreamHead
+from runtime.journal import Journal
 from runtime.system import ActorSystem
 
 FLOW_ID_PREFIX = "flw_"
@@ -66,17 +60,11 @@ class DomainPort(Protocol):
 
     def send(self, flow_id: str, message: object) -> None: ...
 
-    def route_provider_event(self, event: ProviderEvent) -> object: ...
-
-
-class FeedStates(Protocol):
-    """The upstream feeds as `payflowctl sockets` rows (adapters/feeds.py)."""
-
-    def rows(self) -> list[JsonObject]: ...
+    def route_provider_event(self, event: ProviderEvent) -> bool: ...
 
 
 class App:
-    """`RequestHandler` for the bridge, `ControlApi` for payflowctl, the webhook sink."""
+    """`RequestHandler` for the bridge and the provider-event sink (webhooks, feeds)."""
 
     def __init__(
         self,
@@ -88,9 +76,6 @@ class App:
         metrics: Metrics,
         token_secret: str,
         api_key: str | None = None,
-        feeds: FeedStates | None = None,
-        restart_flow: Callable[[str], list[str]] | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._journal = journal
         self._domain = domain
@@ -99,10 +84,6 @@ class App:
         self._metrics = metrics
         self._secret = token_secret
         self._api_key = api_key
-        self.feeds = feeds
-        self._restart_flow = restart_flow
-        self._clock = clock
-        self._started = clock()
         self.draining = False
 
     # --- RequestHandler ------------------------------------------------------------------------
@@ -124,7 +105,7 @@ class App:
     async def _dispatch(self, session: Session, command: Command) -> Reply | Mapping[str, Any]:
         if isinstance(command, CreateFlow):
             return await self._create(session, command)
-        flow_id = self._resolve(command.id)
+        flow_id = resolve_flow(self._journal, command.id)
         if isinstance(command, Leave):
             return self._leave(session, flow_id)
         self._authorise(flow_id, command)
@@ -134,12 +115,6 @@ class App:
         if not isinstance(reply, Ack):
             raise Internal(f"flow answered {type(reply).__name__} to {command.TYPE}")
         return reply
-
-    def _resolve(self, any_id: str) -> str:
-        flow_id = self._journal.resolve(any_id)
-        if flow_id is None:
-            raise NotFound(f"no flow is known by {any_id!r}")
-        return flow_id
 
     def _authorise(self, flow_id: str, command: FlowRequest) -> None:
         if not verify_token(self._secret, flow_id, command.token):
@@ -265,110 +240,15 @@ class App:
 
     # --- provider events (webhooks, feeds, dummy pushes) ----------------------------------------
 
-    async def deliver_event(self, event: ProviderEvent) -> None:
-        """The event sink of the provider and the feeds: route it to the flow's tracker."""
-        routed = self._domain.route_provider_event(event)
-        if inspect.isawaitable(routed):
-            await routed
-
-    # --- ControlApi (plain methods run in a worker thread: blocking reads are fine here) -------
-
-    def status(self) -> JsonObject:
-        return {
-            "uptime_s": round(self._clock() - self._started, 3),
-            "flows": self.flow_counts(),
-            "actors": len(self._system),
-            "sockets": len(self.sockets()),
-            "errors_per_min": self._metrics.errors_per_minute(),
-        }
-
-    def flow_counts(self) -> dict[str, int]:
-        return dict(Counter(head.tag or "UNKNOWN" for head in self._flow_heads(None)))
-
-    def tree(self) -> JsonObject:
-        return tree(self._system).to_dict()
-
-    def ps(self, state: str | None) -> list[JsonObject]:
-        return [self._row(self._fold(head.stream_id)) for head in self._flow_heads(state)]
-
-    def _flow_heads(self, state: str | None) -> list[StreamHead]:
-        heads = self._journal.heads(tags=[state] if state else None)
-        return [head for head in heads if head.tag != FEED_TAG]
-
-    def inspect(self, id: str) -> JsonObject:
-        flow = self._fold(self._resolve(id))
-        return {
-            **self._row(flow),
-            "amount": flow.amount,
-            "currency": flow.currency,
-            "attempts": flow.attempts,
-            "history": self.history(flow.flow_id),
-            "tracker": {"intent_id": flow.intent_id, "provider_status": flow.provider_status},
-            "sessions": self._sockets.room_size(flow.flow_id),
-        }
-
-    def history(self, id: str) -> list[JsonObject]:
-        flow_id = self._resolve(id)
-        flow, rows = Flow.initial(flow_id), []
-        for stored in self._journal.events(flow_id):
-            flow = apply(flow, event_from_record(stored.kind, stored.payload, stored.at))
-            rows.append(
-                {
-                    "version": stored.version,
-                    "event": stored.kind,
-                    "state": flow.state.value,
-                    "at": stored.at,
-                }
-            )
-        return rows
-
-    def sockets(self) -> list[JsonObject]:
-        clients: list[JsonObject] = [
-            {
-                "kind": "client",
-                "id": info.session_id,
-                "url": None,
-                "remote": info.remote,
-                "state": "open",
-                "reconnects": 0,
-                "flows": info.flows,
-            }
-            for info in self._sockets.sessions()
-        ]
-        return clients + (self.feeds.rows() if self.feeds is not None else [])
-
-    def restart(self, id: str) -> JsonObject:
-        flow_id = self._journal.resolve(id)
-        if flow_id is not None and self._restart_flow is not None:
-            return {"restarted": self._restart_flow(flow_id), "flow_id": flow_id}
-        refs = [ref for ref in self._system.actors() if ref.cell.name == id]
-        if not refs:
-            raise NotFound(f"no flow and no actor is known by {id!r}")
-        restarted = [id for ref in refs if self._system.restart(ref)]
-        return {"restarted": restarted, "flow_id": None}
-
-    def drain(self) -> JsonObject:
+    def start_draining(self) -> None:
+        """Refuse new flows from now on; flows already running carry on (`payflowctl drain`)."""
         self.draining = True
         _log().info("draining")
-        active = sum(n for state, n in self.flow_counts().items() if state in _ACTIVE_STATES)
-        return {"draining": True, "flows_in_flight": active}
 
-    def _fold(self, flow_id: str) -> Flow:
-        flow = load_flow(self._journal, flow_id)
-        if flow.version == 0:
-            raise NotFound(f"no flow {flow_id!r}")
-        return flow
-
-    @staticmethod
-    def _row(flow: Flow) -> JsonObject:
-        return {
-            "flow_id": flow.flow_id,
-            "booking_id": flow.booking_id,
-            "pre_id": flow.pre_id,
-            "state": flow.state.value,
-            "version": flow.version,
-            "updated_at": flow.updated_at,
-        }
+    async def deliver_event(self, event: ProviderEvent) -> None:
+        """The event sink of the feeds and the webhook endpoint: route it to the flow's tracker.
+        Routing reads the journal, so it runs off the event loop."""
+        await asyncio.to_thread(self._domain.route_provider_event, event)
 
 
 class MeteredPublisher:
@@ -397,14 +277,6 @@ class MeteredPublisher:
 
 
 _FINISHED_STATES = frozenset({"COMPLETED", "CANCELLED", "EXPIRED"})
-
-_ACTIVE_STATES: Sequence[str] = (
-    "PRE_BOOKING",
-    "PAYMENT_PENDING",
-    "PAYMENT_ACTIVE",
-    "PAYMENT_PROCESSING",
-    "REQUIRES_ACTION",
-)
 
 
 def _settle(answer: asyncio.Future[object], result: object) -> None:

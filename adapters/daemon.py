@@ -37,6 +37,7 @@ from adapters.http_server import HttpServer
 from adapters.logging_setup import configure_logging
 from adapters.metrics import Metrics
 from adapters.notifier import Notifier, Outbox
+from adapters.operations import Operations
 from adapters.stripe_provider import StripeProvider, StripeWebhooks
 from runtime.config import Settings
 from runtime.errors import ConfigError
@@ -114,7 +115,7 @@ class Daemon:
             await self._start(servers, domain)
             if self.notifier is not None:
                 await self._start_notifier(self.notifier)
-            refresher = loop.create_task(self._refresh_metrics(app, servers))
+            refresher = loop.create_task(self._refresh_metrics(servers))
             await self._stop.wait()
             refresher.cancel()
             await self._stop_servers(servers)
@@ -193,9 +194,16 @@ class Daemon:
             metrics=self.metrics,
             token_secret=domain.token_secret,
             api_key=self.settings.api_key,
+        )
+        self.operations = Operations(
+            journal=self.journal,
+            system=self.system,
+            sockets=sockets,
+            metrics=self.metrics,
+            start_draining=app.start_draining,
             restart_flow=lambda flow_id: _restart_flow(self.system, domain, flow_id),
         )
-        self.feeds = app.feeds = Feeds(
+        self.feeds = self.operations.feeds = Feeds(
             self.settings.feeds,
             journal=self.journal,
             on_event=app.deliver_event,
@@ -243,7 +251,7 @@ class Daemon:
         servers = _Servers(
             bridge=Bridge(app, host=settings.listen.host, port=settings.listen.port),
             http=http,
-            control=ControlServer(settings.control, app),
+            control=ControlServer(settings.control, self.operations),
             feeds=self.feeds,
         )
         holder.append(servers)
@@ -268,10 +276,10 @@ class Daemon:
         await servers.http.stop()
         await servers.control.stop()
 
-    async def _refresh_metrics(self, app: App, servers: _Servers) -> None:
+    async def _refresh_metrics(self, servers: _Servers) -> None:
         """Gauges that are states, not events: flows by state, actors, socket health."""
         while True:
-            counts = await asyncio.to_thread(app.flow_counts)
+            counts = await asyncio.to_thread(self.operations.flow_counts)
             self.metrics.set_flows(counts)
             self.metrics.set_actors(len(self.system))
             feeds = servers.feeds.rows()

@@ -97,8 +97,9 @@ class Domain:
         return True
 
     async def provider_event_sink(self, event: ProviderEvent) -> None:
-        """The provider's event sink (`Provider.set_event_sink`): route on the loop."""
-        self.route_provider_event(event)
+        """The provider's event sink (`Provider.set_event_sink`). Routing reads the journal, so
+        it runs off the event loop."""
+        await asyncio.to_thread(self.route_provider_event, event)
 
     def set_push_health(self, healthy: bool) -> None:
         """Push channels came up or went down: live trackers adjust their polling."""

@@ -22,6 +22,7 @@ PURE_MODULES: list[str] = [
     "actors.flow_events",
     "actors.flow_model",
     "actors.flow_view",
+    "actors.flow_decisions",
     "actors.flow_provider_map",
     "actors.recovery",
     "actors.provider",

@@ -21,6 +21,7 @@ from adapters.domain import Domain, DomainSettings, build_domain
 from adapters.dummy_provider import DummyProvider
 from adapters.feeds import Feeds
 from adapters.metrics import Metrics
+from adapters.operations import Operations
 from runtime.backoff import Backoff
 from runtime.errors import Forbidden, NotFound, VersionConflict
 from runtime.sqlite_journal import SQLiteJournal
@@ -34,6 +35,7 @@ API_KEY = "backend-key-123"
 @dataclass
 class Stack:
     app: App
+    ops: Operations
     domain: Domain
     bridge: Bridge
     metrics: Metrics
@@ -76,10 +78,17 @@ async def stack(tmp_path: Path, api_key: str | None = None) -> AsyncIterator[Sta
         token_secret=domain.token_secret,
         api_key=api_key,
     )
+    ops = Operations(
+        journal=journal,
+        system=system,
+        sockets=sockets,
+        metrics=metrics,
+        start_draining=app.start_draining,
+    )
     bridge = Bridge(app, host="127.0.0.1", port=0)
     await bridge.start()
     try:
-        yield Stack(app=app, domain=domain, bridge=bridge, metrics=metrics)
+        yield Stack(app=app, ops=ops, domain=domain, bridge=bridge, metrics=metrics)
     finally:
         await bridge.stop(drain_timeout=1.0)
         await asyncio.to_thread(system.shutdown, 5.0)
@@ -164,22 +173,22 @@ def test_the_control_api_reads_flows_from_the_journal(tmp_path: Path) -> None:
         async with PayflowClient(s.url) as client:
             created = await client.create_flow(amount=10, currency="eur", pre_id="pre_c")
             await client.attach_booking(created["flow_id"], created["token"], "bk_c")
-        rows = await asyncio.to_thread(s.app.ps, "PAYMENT_PENDING")
+        rows = await asyncio.to_thread(s.ops.ps, "PAYMENT_PENDING")
         assert [(r["flow_id"], r["pre_id"], r["booking_id"]) for r in rows] == [
             (created["flow_id"], "pre_c", "bk_c")
         ]
-        assert await asyncio.to_thread(s.app.ps, "COMPLETED") == []
-        history = await asyncio.to_thread(s.app.history, "pre_c")
+        assert await asyncio.to_thread(s.ops.ps, "COMPLETED") == []
+        history = await asyncio.to_thread(s.ops.history, "pre_c")
         assert [(h["version"], h["event"], h["state"]) for h in history] == [
             (1, "flow_created", "PRE_BOOKING"),
             (2, "booking_attached", "PAYMENT_PENDING"),
         ]
-        status = await asyncio.to_thread(s.app.status)
+        status = await asyncio.to_thread(s.ops.status)
         assert status["flows"] == {"PAYMENT_PENDING": 1}
         with pytest.raises(NotFound):
-            await asyncio.to_thread(s.app.inspect, "nope")
+            await asyncio.to_thread(s.ops.inspect, "nope")
         with pytest.raises(NotFound):
-            await asyncio.to_thread(s.app.restart, "nope")
+            await asyncio.to_thread(s.ops.restart, "nope")
 
     run(tmp_path, body)
 
