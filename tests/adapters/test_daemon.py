@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from adapters.client import PayflowClient
+from runtime.backoff import Backoff
 from runtime.errors import AliasConflict, Forbidden, NotFound, Overloaded
 from tests.adapters.test_feeds import FeedServer, event_frame
 from tests.daemon_harness import DaemonProcess, free_port, launch, run_payflowd, running_daemon
@@ -612,3 +613,40 @@ def test_sigkill_between_persist_and_provider_call_resumes_with_the_same_key(
     assert creates[0].startswith(f"{flow_id}:create_intent:1:")
     assert seen[-1]["state"] == "COMPLETED"
     assert seen[-1]["provider_status"] == "succeeded"
+
+
+def test_the_client_reconnects_by_itself_and_resumes_with_since_across_a_daemon_restart(
+    tmp_path: Path,
+) -> None:
+    """A subscribed client outlives a daemon restart: it reconnects on its own (a fixed 1 s
+    backoff, so the flow moves on while it is away), re-joins with `since`, and sees every
+    version once, in order, through COMPLETED."""
+    first = launch(tmp_path)
+    ports = (first.listen_port, first.http_port)
+    away = Backoff(base=1.0, cap=1.0, strategy="exponential")
+
+    async def scenario() -> list[int]:
+        async with PayflowClient(first.url, backoff=away) as watcher:
+            async with PayflowClient(first.url) as driver:
+                created = await driver.create_flow(amount=900, currency="eur")
+            flow_id, token = created["flow_id"], created["token"]
+            statuses = await watcher.subscribe(flow_id, token)
+            seen = [(await _next_status(statuses))["version"]]
+            assert await asyncio.to_thread(first.stop) == 0
+            second = await asyncio.to_thread(launch, tmp_path, ports=ports)
+            try:
+                async with PayflowClient(second.url) as driver:
+                    await driver.attach_booking(flow_id, token, f"bk_{flow_id}")
+                    await driver.select_method(flow_id, token, "pm_card_visa")
+                    status = await _until(statuses, lambda s: s["provider_status"] is not None)
+                    seen += [s["version"] for s in status]
+                    await driver.submit(flow_id, token)
+                    done = await _until(statuses, lambda s: s["state"] == "COMPLETED")
+                    seen += [s["version"] for s in done]
+                assert watcher.reconnects >= 1
+            finally:
+                await asyncio.to_thread(second.stop)
+            return seen
+
+    versions = asyncio.run(scenario())
+    assert versions == list(range(1, versions[-1] + 1))
