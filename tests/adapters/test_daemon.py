@@ -13,6 +13,8 @@ import socket
 import stat
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,7 +30,7 @@ from runtime.backoff import Backoff
 from runtime.errors import AliasConflict, Forbidden, NotFound, Overloaded
 from tests.adapters.test_feeds import FeedServer, event_frame
 from tests.daemon_harness import DaemonProcess, free_port, launch, run_payflowd, running_daemon
-from tests.localstripe import LocalStripe, recording_proxy
+from tests.localstripe import LocalStripe, recording_proxy, sign_webhook
 
 BAD_INVOCATIONS = [
     pytest.param(["--listen", "nowhere"], {}, id="listen-without-port"),
@@ -650,3 +652,67 @@ def test_the_client_reconnects_by_itself_and_resumes_with_since_across_a_daemon_
 
     versions = asyncio.run(scenario())
     assert versions == list(range(1, versions[-1] + 1))
+
+
+WEBHOOK_SECRET = "whsec_daemon_test"
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def _intent_event(event_id: str, intent_id: str, status: str, created: int) -> bytes:
+    intent = {"id": intent_id, "object": "payment_intent", "status": status}
+    kind = "payment_intent.succeeded" if status == "succeeded" else "payment_intent.processing"
+    event = {"id": event_id, "object": "event", "type": kind, "created": created}
+    return json.dumps({**event, "data": {"object": intent}}).encode()
+
+
+def test_signed_webhooks_repeated_and_out_of_order_with_polls_complete_the_flow_once(
+    tmp_path: Path, localstripe: LocalStripe
+) -> None:
+    """The customer confirms at the provider itself (as with Stripe.js); the daemon hears of it
+    from webhooks sent three times, a stale one after them, a forged one, and its own polls."""
+    args = ["--provider", "stripe", "--stripe-api-base", localstripe.base_url]
+    env = {"STRIPE_API_KEY": localstripe.api_key, "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    with running_daemon(tmp_path, args, env=env) as daemon:
+        flow_id, intent_id = asyncio.run(_flow_with_intent(daemon))
+        confirm = urllib.request.Request(
+            f"{localstripe.base_url}/v1/payment_intents/{intent_id}/confirm",
+            data=b"",
+            headers={"Authorization": f"Bearer {localstripe.api_key}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(confirm, timeout=10) as paid:
+            assert json.loads(paid.read())["status"] == "succeeded"
+        url, now = f"{daemon.http_url}/webhooks/stripe", int(time.time())
+        succeeded = _intent_event("evt_paid", intent_id, "succeeded", now)
+        stale = _intent_event("evt_old", intent_id, "processing", now - 30)
+        for body in (succeeded, succeeded, stale, succeeded):
+            sig = sign_webhook(body, WEBHOOK_SECRET)
+            assert _post(url, body, {"Stripe-Signature": sig}) == 200
+        forged = _intent_event("evt_forged", intent_id, "processing", now + 5)
+        assert _post(url, forged, {"Stripe-Signature": sign_webhook(forged, "whsec_wrong")}) == 400
+        _wait_for(lambda: daemon.ctl_json("inspect", flow_id)["state"] == "COMPLETED", "completed")
+        time.sleep(1.5)  # polls and the duplicates keep arriving: nothing may move it again
+        history = daemon.ctl_json("history", flow_id)
+    events = [row["event"] for row in history]
+    assert events.count("payment_succeeded") == 1
+    assert events[-1] == "payment_succeeded"
+    assert [row["version"] for row in history] == list(range(1, len(history) + 1))
+
+
+async def _flow_with_intent(daemon: DaemonProcess) -> tuple[str, str]:
+    async with PayflowClient(daemon.url) as client:
+        created = await client.create_flow(amount=3100, currency="eur")
+        flow_id, token = created["flow_id"], created["token"]
+        statuses = await client.subscribe(flow_id, token)
+        await client.attach_booking(flow_id, token, f"bk_{flow_id}")
+        await client.select_method(flow_id, token, "pm_card_visa")
+        ready = await _until(statuses, lambda status: status["client_secret"] is not None)
+        return str(flow_id), str(ready[-1]["client_secret"]).split("_secret_")[0]
