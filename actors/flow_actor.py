@@ -55,7 +55,7 @@ from runtime import failpoints
 from runtime.actor import Actor
 from runtime.errors import Internal, NotFound, PayflowError, VersionConflict
 from runtime.group_commit import GroupCommitter
-from runtime.journal import Alias, AppendRequest, Journal, NewEvent, Snapshot
+from runtime.journal import Alias, AppendRequest, Journal, NewEvent
 from runtime.scheduler import Scheduler, TimerHandle
 
 FAILPOINT_BEFORE_PROVIDER_CALL = "after_persist_before_provider_call"
@@ -252,6 +252,7 @@ class FlowActor(Actor):
             events=[_new_event(event) for event in decision.events],
             aliases=[Alias(name=name, namespace=space) for name, space in decision.aliases],
             tag=steps[-1].state.value,
+            snapshot=self._snapshot_due(steps[-1]),
         )
         self._append = _Append(before=self.flow, decision=decision, command=command)
         future = self._deps.committer.submit(request)
@@ -272,7 +273,6 @@ class FlowActor(Actor):
         if pending.command is not None:
             self._reply(pending.command, self._success(pending.command))
         self._act(pending.decision.effects, steps)
-        self._maybe_snapshot(pending.before)
 
     def _append_failed(self, pending: _Append, error: PayflowError) -> None:
         self._log.warning("append_refused", error_code=error.code, error=str(error))
@@ -285,15 +285,12 @@ class FlowActor(Actor):
             resync = (*fp.pending_calls(self.flow), *_tracking(self.flow))
             self._act(resync, ())
 
-    def _maybe_snapshot(self, before: Flow) -> None:
+    def _snapshot_due(self, after: Flow) -> dict[str, Any] | None:
+        """A snapshot rides on the append that crosses a multiple of `snapshot_every` (one
+        transaction: no fsync of its own, and loading later replays at most that many events)."""
         every = self._deps.snapshot_every
-        if self.flow.version // every > before.version // every:
-            snapshot = Snapshot(
-                stream_id=self.flow_id,
-                version=self.flow.version,
-                payload=flow_to_snapshot(self.flow),
-            )
-            self._deps.journal.save_snapshot(snapshot)
+        crossed = after.version // every > self.flow.version // every
+        return flow_to_snapshot(after) if crossed else None
 
     # --- replies and logs ---------------------------------------------------------------------
 

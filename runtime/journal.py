@@ -66,6 +66,8 @@ class AppendRequest:
 
     `tag` is a short label stored on the stream head (the domain keeps the flow state there so
     listing flows by state needs no replay); None leaves the current tag unchanged.
+    `snapshot`, when given, is the stream's state after these events, saved in the same
+    transaction: no fsync of its own, and never out of step with the events it summarises.
     """
 
     stream_id: str
@@ -73,6 +75,7 @@ class AppendRequest:
     events: Sequence[NewEvent]
     aliases: Sequence[Alias] = ()
     tag: str | None = None
+    snapshot: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # An append without events would bind aliases or move the tag without a version change,

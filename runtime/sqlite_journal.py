@@ -288,6 +288,9 @@ def _apply(conn: sqlite3.Connection, request: AppendRequest, rows: _EncodedEvent
         ) from error
     new_version = current + len(rows)
     conn.execute(_UPSERT_STREAM, (request.stream_id, new_version, request.tag, rows[-1][2]))
+    if request.snapshot is not None:
+        snapshot = (request.stream_id, new_version, _encode(request.snapshot))
+        conn.execute(_UPSERT_SNAPSHOT, snapshot)
     return new_version
 
 

@@ -18,6 +18,8 @@ from actors.commands import (
     SelectMethod,
     Submit,
 )
+from actors.flow_actor import load_flow
+from actors.flow_view import status_view
 from actors.messages import ClientPresence
 from adapters.domain import DomainSettings
 from runtime.errors import AliasConflict, InvalidTransition, VersionConflict
@@ -229,3 +231,19 @@ def test_a_client_side_confirm_racing_submit_still_completes(harness: Harness) -
     harness.command(Submit(id=flow_id, token=token))  # ack, or invalid_transition if it is over
     harness.wait_state(flow_id, "COMPLETED")
     assert "payment_failed" not in harness.kinds(flow_id)
+
+
+def test_snapshots_ride_on_appends_and_a_reload_equals_the_live_flow(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    with running(db, Backend(name="dummy"), DomainSettings(snapshot_every=2)) as h:
+        flow_id, token = _paying(h, PAYS)
+        h.command(Submit(id=flow_id, token=token))
+        done = h.wait_state(flow_id, "COMPLETED")
+        loaded = h.journal.load(flow_id)
+        assert loaded is not None
+        assert loaded.snapshot is not None
+        assert loaded.version - loaded.snapshot.version < 2  # at most one event to replay
+        assert load_flow(h.journal, flow_id).version == done["version"]
+    with running(db, Backend(name="dummy")) as again:
+        reloaded = load_flow(again.journal, flow_id)
+        assert status_view(reloaded) == done

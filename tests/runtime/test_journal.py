@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -234,6 +235,25 @@ def test_an_older_snapshot_never_replaces_a_newer_one(journal: SQLiteJournal) ->
     assert loaded.snapshot is not None
     assert loaded.snapshot.version == 3
     assert loaded.events == []
+
+
+def test_a_snapshot_riding_on_an_append_is_saved_with_it_or_not_at_all(
+    journal: SQLiteJournal,
+) -> None:
+    journal.append(req("s", 0, "a"))
+    ride = AppendRequest(stream_id="s", expected_version=1, events=[ev("b"), ev("c")])
+    version = journal.append(dataclasses.replace(ride, snapshot={"state": "three"}))
+    loaded = journal.load("s")
+    assert loaded is not None
+    assert loaded.snapshot == Snapshot(stream_id="s", version=version, payload={"state": "three"})
+    assert (version, loaded.events) == (3, [])
+    stale = dataclasses.replace(ride, snapshot={"state": "never"})  # expects version 1: refused
+    (refused,) = journal.append_batch([stale])
+    assert isinstance(refused, VersionConflict)
+    again = journal.load("s")
+    assert again is not None
+    assert again.snapshot is not None
+    assert again.snapshot.payload == {"state": "three"}
 
 
 def test_a_snapshot_ahead_of_the_stream_is_refused(journal: SQLiteJournal) -> None:
