@@ -131,7 +131,12 @@ def _positive_seconds(raw: object, name: str) -> float:
 
 
 def _non_negative_seconds(raw: object, name: str) -> float:
-    return 0.0 if raw in (0, "0", 0.0) else _positive_seconds(raw, name)
+    numeric = isinstance(raw, str | int | float) and not isinstance(raw, bool)
+    try:
+        zero = numeric and float(raw) == 0  # type: ignore[arg-type]
+    except ValueError:
+        zero = False
+    return 0.0 if zero else _positive_seconds(raw, name)
 
 
 def _non_negative_int(raw: object, name: str) -> int:

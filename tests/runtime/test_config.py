@@ -97,3 +97,10 @@ def test_secrets_are_not_in_repr() -> None:
     assert settings.stripe_api_key == "sk_test_abc123"
     assert "sk_test_abc123" not in repr(settings)
     assert "k9" not in repr(Settings(api_key="k9"))
+
+
+@pytest.mark.parametrize("zero", ["0", "0.0", "0e0", " 0.000 "])
+def test_a_zero_latency_is_accepted_however_it_is_written(zero: str) -> None:
+    assert load_settings(["--dummy-latency", zero], {}).dummy_latency == 0.0
+    with pytest.raises(ConfigError, match="--dummy-latency"):
+        load_settings(["--dummy-latency", "-0.5"], {})
