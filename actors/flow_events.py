@@ -210,14 +210,26 @@ EVENT_CLASSES: Mapping[EventType, type[FlowEvent]] = {
 
 
 def _payload_names(cls: type[FlowEvent]) -> frozenset[str]:
-    return frozenset(f.name for f in fields(cls) if f.name != "at")
+    return frozenset(_sorted_payload_names(cls))
+
+
+def _sorted_payload_names(cls: type[FlowEvent]) -> tuple[str, ...]:
+    # Once per event class: rebuilt from `fields` on every append it was a visible cost of a
+    # flow (profiled under payflow-bench).
+    names = _PAYLOAD_NAMES.get(cls)
+    if names is None:
+        names = _PAYLOAD_NAMES[cls] = tuple(sorted(f.name for f in fields(cls) if f.name != "at"))
+    return names
+
+
+_PAYLOAD_NAMES: dict[type[FlowEvent], tuple[str, ...]] = {}
 
 
 def event_to_record(event: FlowEvent) -> Record:
     """The journal form of `event`: (kind, payload, at); payload values are JSON-safe copies."""
     payload = {
         name: copy.deepcopy(dict(value)) if isinstance(value, Mapping) else value
-        for name in sorted(_payload_names(type(event)))
+        for name in _sorted_payload_names(type(event))
         for value in (getattr(event, name),)
     }
     return event.event_type.value, payload, event.at

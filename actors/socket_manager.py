@@ -14,6 +14,8 @@ imports nothing from adapters.
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -81,10 +83,40 @@ class _Closed:
     session_id: str
 
 
+class _Published:
+    """Statuses published and not yet fanned out, in order; filled by any thread, emptied by
+    the actor. One `_PublishBatch` message stands for all of them: with thousands of flows ready
+    to run, the one socket manager got one dispatcher turn per round of them and fell behind by
+    a message per status (payflow-bench, 10,000 flows in flight); now a turn takes every status
+    published so far. Taking a status earlier than its mailbox turn is safe: it was durable
+    before it was published, and a joining session reads the journal after its `_BeginJoin`."""
+
+    RENOTIFY_AFTER_S = 1.0  # a batch message lost with a crashed incarnation is sent again
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._views: list[tuple[str, Mapping[str, Any]]] = []
+        self._since = 0.0
+
+    def add(self, flow_id: str, view: Mapping[str, Any]) -> bool:
+        """Queue a status; True when the actor must be told (a new batch, or a stale one)."""
+        now = time.monotonic()
+        with self._lock:
+            self._views.append((flow_id, view))
+            if len(self._views) > 1 and now - self._since < self.RENOTIFY_AFTER_S:
+                return False
+            self._since = now
+            return True
+
+    def take(self) -> list[tuple[str, Mapping[str, Any]]]:
+        with self._lock:
+            views, self._views = self._views, []
+        return views
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _Publish:
-    flow_id: str
-    view: Mapping[str, Any]
+class _PublishBatch:
+    published: _Published
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,8 +143,10 @@ class SocketManagerActor(Actor):
 
     def on_receive(self, message: Any) -> Any:  # noqa: PLR0911 (one branch per message type)
         match message:
-            case _Publish(flow_id=flow_id, view=view):
-                return self._publish(flow_id, view)
+            case _PublishBatch(published=published):
+                for flow_id, view in published.take():
+                    self._publish(flow_id, view)
+                return None
             case _BeginJoin(session=session, flow_id=flow_id):
                 self._sessions.setdefault(session.id, (session, ""))
                 return self._presence(self._rooms.begin_join(session.id, flow_id))
@@ -172,9 +206,11 @@ class SocketManager:
 
     def __init__(self, ref: Ref[SocketManagerActor]) -> None:
         self.ref = ref
+        self._published = _Published()
 
     def publish(self, flow_id: str, view: Mapping[str, Any]) -> None:
-        self._tell(_Publish(flow_id=flow_id, view=view))
+        if self._published.add(flow_id, view):
+            self._tell(_PublishBatch(published=self._published))
 
     def opened(self, session: SessionLike, remote: str) -> None:
         self._tell(_Opened(session=session, remote=remote))
@@ -204,5 +240,9 @@ class SocketManager:
         return result
 
     def _tell(self, message: object) -> None:
+        # Past the mailbox bound. Each of these follows something already admitted and bounded
+        # upstream (a durable event, a connection the bridge accepted), and refusing it would
+        # fail the flow that publishes after persisting, or leak a closed session in its rooms:
+        # with 10,000 flows in flight the bound was reached and flows crashed (payflow-bench).
         with contextlib.suppress(pykka.ActorDeadError):  # stopping: nobody is left to send to
-            self.ref.tell(message)
+            self.ref.cell.post_unbounded(message)

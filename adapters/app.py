@@ -32,6 +32,7 @@ from actors.provider import ProviderEvent
 from actors.socket_manager import SocketManager
 from actors.tokens import flow_token, verify_token
 from adapters.codec import encode_status
+from adapters.loop_handoff import handoff_for
 from adapters.metrics import Metrics
 from adapters.session import Session
 from runtime.dispatcher import as_asyncio
@@ -133,9 +134,10 @@ class App:
         """Hand the command to the flow actor and await its one reply without blocking the loop."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[object] = loop.create_future()
+        handoff = handoff_for(loop)  # replies of many flows share one loop wake-up
 
         def reply(result: object) -> None:
-            loop.call_soon_threadsafe(_settle, answer, result)
+            handoff.call(_settle, answer, result)
 
         self._domain.send(flow_id, ClientCommand(command=command, reply=reply))
         async with asyncio.timeout(REPLY_TIMEOUT_S):

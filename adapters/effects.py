@@ -17,13 +17,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import structlog
 
 from actors.messages import ProviderCall, ProviderOp, ProviderResult, Tellable
 from actors.provider import Intent, Provider
+from adapters.loop_handoff import handoff_for
 from runtime.backoff import Backoff
 from runtime.errors import Internal, PayflowError, ProviderUnavailable
 
@@ -87,12 +87,16 @@ class ProviderEffects:
         self._backoff = backoff
         self._rng = rng or random.Random()
         self._on_latency = on_latency
-        self._running: set[Future[None]] = set()
+        self._handoff = handoff_for(loop)
+        self._running: set[asyncio.Task[None]] = set()
 
     def provider_call(self, call: ProviderCall, reply_to: Tellable) -> None:
-        future = asyncio.run_coroutine_threadsafe(self._run(call, reply_to), self._loop)
-        self._running.add(future)
-        future.add_done_callback(self._running.discard)
+        self._handoff.call(self._start, call, reply_to)
+
+    def _start(self, call: ProviderCall, reply_to: Tellable) -> None:
+        task = self._loop.create_task(self._run(call, reply_to))
+        self._running.add(task)  # also keeps the task referenced until it is done
+        task.add_done_callback(self._running.discard)
 
     @property
     def in_flight(self) -> int:

@@ -62,7 +62,11 @@ class Operations:
         }
 
     def flow_counts(self) -> dict[str, int]:
-        return dict(Counter(head.tag or "UNKNOWN" for head in self._flow_heads(None)))
+        counts: Counter[str] = Counter()
+        for tag, count in self._journal.tag_counts().items():
+            if tag != FEED_TAG:
+                counts[tag or "UNKNOWN"] += count
+        return dict(counts)
 
     def tree(self) -> JsonObject:
         return tree(self._system).to_dict()

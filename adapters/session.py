@@ -32,6 +32,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
+from adapters.loop_handoff import handoff_for
+
 SLOW_CONSUMER = (int(CloseCode.POLICY_VIOLATION), "slow consumer")
 """The close code and reason a client gets when its send queue overflows."""
 
@@ -95,6 +97,7 @@ class Session:
         self.close_reason: str = ""
         self._connection = connection
         self._loop = asyncio.get_running_loop()
+        self._handoff = handoff_for(self._loop)
         self._loop_thread = threading.get_ident()
         self._limit = send_queue_frames
         self._write_limit = write_limit
@@ -213,7 +216,7 @@ class Session:
             callback()
             return True
         try:
-            self._loop.call_soon_threadsafe(callback)
+            self._handoff.call(callback)  # shares one loop wake-up with other sessions' frames
         except RuntimeError:  # the loop is closed: the daemon is shutting down
             return False
         return True

@@ -158,6 +158,10 @@ class Journal(Protocol):
         """Every stream head, or only those whose tag is in `tags`."""
         ...
 
+    def tag_counts(self) -> dict[str | None, int]:
+        """How many streams carry each tag (None: no tag), counted where the streams are."""
+        ...
+
     def head(self, stream_id: str) -> StreamHead | None:
         """One stream's head, or None for an unknown stream."""
         ...

@@ -104,3 +104,17 @@ def test_statuses_published_while_joining_arrive_after_the_catch_up(harness: Har
     assert a.frames == []
     harness.manager.finish_join("a", "f", 3)
     wait_until(lambda: a.frames == [b"f@4"], "the buffered status newer than the catch-up")
+
+
+def test_a_burst_beyond_the_mailbox_bound_is_delivered_not_refused() -> None:
+    """Publishing follows a durable event: refusing it would fail the flow that persisted it."""
+    with ActorSystem(mailbox_size=10) as system:
+        harness = Harness(system)
+        session = RecordingSession("a")
+        harness.join(session, "f", 0)
+        for version in range(1, 201):  # from this thread, far faster than one dispatcher drains
+            harness.manager.publish("f", {"flow_id": "f", "version": version})
+        harness.manager.closed("a")
+        wait_until(lambda: len(session.frames) == 200, "every status delivered")
+        assert session.frames[-1] == b"f@200"
+        assert harness.manager.sessions() == []

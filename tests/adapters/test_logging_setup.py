@@ -5,10 +5,23 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 
+import pytest
 import structlog
 
-from adapters.logging_setup import REDACTED, configure_logging
+from adapters.logging_setup import REDACTED, LineWriter, configure_logging
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """configure_logging sets process-wide state (structlog's config, the root handlers): put
+    the defaults back, so later tests capture their logs (debug included) as before."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:], root.level = handlers, level
 
 
 def _log_one(**fields: object) -> dict[str, object]:
@@ -43,3 +56,28 @@ def test_nested_values_and_stdlib_records_are_masked() -> None:
     logging.getLogger("pykka").warning("failed with sk_test_999")
     assert "sk_test_999" not in stream.getvalue()
     assert json.loads(stream.getvalue().strip())["level"] == "warning"
+
+
+def test_batched_lines_reach_the_stream_together_and_warnings_at_once() -> None:
+    stream = io.StringIO()
+    writer = LineWriter(stream, batch_s=60.0)  # a window far longer than the test
+    writer.write_line("one")
+    writer.write_line("two")
+    assert stream.getvalue() == ""  # info lines wait for their batch
+    writer.write_line("alarm", urgent=True)
+    assert stream.getvalue() == "one\ntwo\nalarm\n"  # in order, the waiting ones first
+    writer.write_line("three")
+    writer.flush()
+    assert stream.getvalue().endswith("alarm\nthree\n")
+
+
+def test_the_daemon_configuration_drops_debug_and_keeps_info() -> None:
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    log = structlog.get_logger("test")
+    log.debug("chatter")
+    log.info("flow_created", flow_id="f1")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["event"], line["level"], line["logger"]) for line in lines] == [
+        ("flow_created", "info", "test")
+    ]

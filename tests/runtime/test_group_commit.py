@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -156,3 +156,29 @@ def test_close_from_a_future_callback_does_not_deadlock(journal: GatedJournal) -
 def test_max_batch_must_be_positive(journal: GatedJournal) -> None:
     with pytest.raises(Internal):
         GroupCommitter(journal, max_batch=0)
+
+
+def test_submit_then_calls_back_with_the_version_or_the_requests_own_error(
+    journal: GatedJournal,
+) -> None:
+    outcomes: dict[str, object] = {}
+    done = threading.Event()
+
+    def recorder(name: str) -> Callable[[object], None]:
+        def record(outcome: object) -> None:
+            outcomes[name] = outcome
+            if len(outcomes) == 3:
+                done.set()
+
+        return record
+
+    with GroupCommitter(journal) as committer:
+        committer.submit_then(req("s", 0, alias="bk"), recorder("first"))
+        committer.submit_then(req("s", 0), recorder("stale"))
+        committer.submit_then(req("t", 0, alias="bk"), recorder("taken"))
+        journal.release.set()
+        assert done.wait(WAIT_S)
+    assert outcomes["first"] == 1
+    assert isinstance(outcomes["stale"], VersionConflict)
+    assert isinstance(outcomes["taken"], AliasConflict)
+    assert journal.resolve("bk") == "s"

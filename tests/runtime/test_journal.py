@@ -335,3 +335,24 @@ def test_a_file_that_is_not_a_journal_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(Internal):
         SQLiteJournal(path)
+
+
+def test_a_name_resolved_as_unknown_is_found_once_another_process_binds_it(
+    journal: SQLiteJournal, db: Path
+) -> None:
+    """resolve caches bound names; a miss must never be cached, whoever binds the name later."""
+    assert journal.resolve("bk-late") is None
+    with SQLiteJournal(db) as other:  # another writer on the same file, as a second process
+        other.append(req("s", 0, aliases=(Alias(name="bk-late"),)))
+    assert journal.resolve("bk-late") == "s"
+    assert journal.resolve("bk-late") == "s"  # now from memory: the same answer
+    assert journal.resolve("bk-late", IDEMPOTENCY_NAMESPACE) is None
+
+
+def test_tag_counts_count_streams_by_their_latest_tag(journal: SQLiteJournal) -> None:
+    assert journal.tag_counts() == {}
+    journal.append(req("a", 0, tag="OPEN"))
+    journal.append(req("b", 0, tag="OPEN"))
+    journal.append(req("a", 1, tag="DONE"))
+    journal.append(req("c", 0))
+    assert journal.tag_counts() == {"OPEN": 1, "DONE": 1, None: 1}
