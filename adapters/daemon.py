@@ -51,6 +51,7 @@ _ACTORS_STOP_S = 4.0
 _METRICS_EVERY_S = 1.0
 _NOTIFY_SINCE_KEY = "notify_since"  # journal meta: when --notify-url was first used
 _RESTART_WAIT_S = 5.0  # how long `payflowctl restart` waits for a supervisor to answer
+_LOG_BATCH_S = 0.005  # info log lines are written in batches this far apart (logging_setup)
 
 
 def _log() -> Any:
@@ -247,6 +248,9 @@ class Daemon:
             webhook=webhooks,
             ready=lambda: bool(holder) and holder[0].ready(),
             metrics=self.metrics,
+            dummy_authenticate=(
+                provider.authenticate_secret if isinstance(provider, DummyProvider) else None
+            ),
         )
         servers = _Servers(
             bridge=Bridge(app, host=settings.listen.host, port=settings.listen.port),
@@ -306,7 +310,7 @@ def _restart_flow(system: ActorSystem, domain: Domain, flow_id: str) -> list[str
 
 def run(settings: Settings) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; returns the exit status."""
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, batch_s=_LOG_BATCH_S)
     try:
         return asyncio.run(Daemon(settings).run())
     except ConfigError as exc:  # found only at start (e.g. another daemon took the socket)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import string
 import time
 from collections.abc import Callable, Mapping
@@ -194,6 +195,17 @@ class DummyProvider:
         await asyncio.sleep(self._latency)
         intent = self._allowed(intent_id, "authenticate")
         return self._store(replace(intent, **AUTHENTICATE_RESULTS[success]))
+
+    async def authenticate_secret(self, client_secret: str, success: bool) -> Intent:
+        """TEST HOOK for clients outside the process (`POST /dummy/authenticate`): `authenticate`
+        the intent this `client_secret` belongs to. The customer's browser is what holds the
+        secret (as with Stripe.js), so knowing it is what entitles a caller to play the customer.
+        """
+        intent_id = client_secret.partition("_secret_")[0]
+        known = self._intents.get(intent_id)
+        if known is None or not secrets.compare_digest(known.client_secret or "", client_secret):
+            raise ProviderRejected("no payment intent has this client_secret (resource_missing)")
+        return await self.authenticate(intent_id, success)
 
     # --- the simulated provider ----------------------------------------------------------------
 

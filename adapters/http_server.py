@@ -11,15 +11,16 @@ and the header is what an attacker would need to replay it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import structlog
 from aiohttp import web
 
-from actors.provider import ProviderEvent
+from actors.provider import Intent, ProviderEvent
 from adapters.metrics import CONTENT_TYPE, Metrics
-from runtime.errors import Rejected, Retryable
+from runtime.errors import ProviderRejected, Rejected, Retryable
 
 MAX_WEBHOOK_BYTES = 1024 * 1024
 # Long enough for an in-flight webhook to reach its tracker, short enough for the 10 s SIGTERM rule.
@@ -40,6 +41,10 @@ class WebhookHandler(Protocol):
     async def deliver(self, event: ProviderEvent) -> None: ...
 
 
+DummyAuthenticate = Callable[[str, bool], Awaitable[Intent]]
+"""`DummyProvider.authenticate_secret`: the customer's 3-D Secure step (dummy provider only)."""
+
+
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
@@ -55,8 +60,10 @@ class HttpServer:
         webhook: WebhookHandler | None,
         ready: Callable[[], bool],
         metrics: Metrics,
+        dummy_authenticate: DummyAuthenticate | None = None,
     ) -> None:
         self._host = host
+        self._dummy_authenticate = dummy_authenticate
         self._port = port
         self._webhook = webhook
         self._ready = ready
@@ -79,6 +86,8 @@ class HttpServer:
         app.router.add_get("/metrics", self._handle_metrics)
         app.router.add_get("/healthz", self._handle_healthz)
         app.router.add_get("/readyz", self._handle_readyz)
+        if self._dummy_authenticate is not None:  # a simulated provider only: never with Stripe
+            app.router.add_post("/dummy/authenticate", self._handle_dummy_authenticate)
         return app
 
     async def start(self) -> None:
@@ -134,3 +143,26 @@ class HttpServer:
         if self._ready():
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "not_ready"}, status=503)
+
+    async def _handle_dummy_authenticate(self, request: web.Request) -> web.Response:
+        """`POST /dummy/authenticate` {"client_secret": str, "success": bool}: the customer
+        passes (or fails) 3-D Secure at the dummy provider, which then pushes the change like a
+        webhook. Answers the intent's new status and `event_at`, the epoch time of the change
+        (load tools measure from it how fast the status reaches the client)."""
+        assert self._dummy_authenticate is not None  # the route exists only with it
+        try:
+            body = await request.json()
+            secret, success = body["client_secret"], body.get("success", True)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            secret = success = None
+        if not isinstance(secret, str) or not isinstance(success, bool):
+            message = "a JSON object with client_secret (string) and success (boolean)"
+            return _error(400, "invalid_field", message)
+        try:
+            intent = await self._dummy_authenticate(secret, success)
+        except ProviderRejected as exc:
+            return _error(404 if "resource_missing" in str(exc) else 409, exc.code, str(exc))
+        event_at = time.time()  # no await since the change: this is when it happened
+        return web.json_response(
+            {"intent_id": intent.intent_id, "status": intent.status, "event_at": event_at}
+        )

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from actors.provider import ProviderEvent
+from adapters.dummy_provider import DummyProvider
 from adapters.http_server import MAX_WEBHOOK_BYTES, HttpServer
 from adapters.metrics import Metrics
 from adapters.stripe_provider import parse_webhook
@@ -267,5 +268,65 @@ def test_stop_closes_the_port() -> None:
         assert not server.accepting
         with pytest.raises(OSError, match=r"Connect call failed|refused"):
             await asyncio.open_connection("127.0.0.1", port)
+
+    run(scenario)
+
+
+def test_the_dummy_3ds_hook_authenticates_by_client_secret_and_the_provider_pushes_it() -> None:
+    """`POST /dummy/authenticate`: the customer's 3-D Secure step, for clients outside the process;
+    only the holder of the intent's client_secret can take it, and only with the dummy provider."""
+    provider = DummyProvider(push_delay=0.0)
+    pushed: list[ProviderEvent] = []
+    intents: list[str] = []
+
+    async def sink(event: ProviderEvent) -> None:
+        pushed.append(event)
+
+    async def scenario() -> None:
+        provider.set_event_sink(sink)
+        intent = await provider.create_intent(
+            amount=4200, currency="eur", payment_method="pm_card_threeDSecure2Required",
+            metadata={}, idempotency_key="k1", confirm=True,
+        )  # fmt: skip
+        assert intent.status == "requires_action"
+        assert intent.client_secret
+        intents.append(intent.intent_id)
+        server = HttpServer(
+            "127.0.0.1", 0, webhook=None, ready=lambda: True, metrics=Metrics(),
+            dummy_authenticate=provider.authenticate_secret,
+        )  # fmt: skip
+        await server.start()
+        url = f"http://127.0.0.1:{server.port}/dummy/authenticate"
+        try:
+            async with aiohttp.ClientSession() as session:
+                wrong = {"client_secret": f"{intent.intent_id}_secret_guess"}
+                async with session.post(url, json=wrong) as response:
+                    assert response.status == 404
+                async with session.post(url, json={"success": True}) as response:
+                    assert response.status == 400
+                before = time.time()
+                async with session.post(url, json={"client_secret": intent.client_secret}) as r:
+                    assert r.status == 200
+                    answer = await r.json()
+                async with session.post(url, json={"client_secret": intent.client_secret}) as r:
+                    assert r.status == 409  # no longer in requires_action
+        finally:
+            await server.stop()
+            await provider.close()
+        assert answer["intent_id"] == intent.intent_id
+        assert answer["status"] == "succeeded"
+        assert before <= answer["event_at"] <= time.time()
+
+    run(scenario)
+    assert (pushed[-1].intent_id, pushed[-1].status) == (intents[0], "succeeded")
+
+
+def test_without_the_dummy_provider_there_is_no_3ds_hook() -> None:
+    async def scenario() -> None:
+        async with (
+            running() as (_server, session, base),
+            session.post(f"{base}/dummy/authenticate", json={}) as response,
+        ):
+            assert response.status in (404, 405)
 
     run(scenario)
