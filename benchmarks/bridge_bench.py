@@ -2,15 +2,8 @@
 
     .venv/bin/python benchmarks/bridge_bench.py [--clients 1000] [--frames 200] [--rounds 3]
 
-A server process and a client process (so the clients' reading does not share the server's loop
-and core). The client process opens CLIENTS websocket connections, each joins with one request
-(a real `join` frame, answered), then counts FRAMES binary frames per connection. The server then
-fans the same ~300-byte msgpack status frame out to every connection FRAMES times, by one of:
-
-  (a) raw_send       websockets `await connection.send(frame)`, one sending task per connection
-  (b) raw_broadcast  `websockets.broadcast(connections, frame)` (no backpressure at all)
-  (c) bridge_loop    `Session.send(frame)` for every session, called on the loop thread
-  (d) bridge_thread  `Session.send(frame)` called from another thread, as flow actors do
+How the two processes work and the four modes (raw_send, raw_broadcast, bridge_loop,
+bridge_thread) are described in adapters/bench_push.py, which this script runs.
 
 The server yields to its loop once per fanned-out frame in every mode. Figures: frame
 deliveries per second, wall time from "go" until the LAST connection holds its last frame (both
