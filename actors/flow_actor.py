@@ -1,11 +1,12 @@
 """The `PaymentFlow` actor: the one owner of a flow's state, a thin shell around flow_process.
 
 It loads its flow from the journal when it starts (snapshot + later events) and sets going
-whatever the persisted state was waiting for (`flow_process.resume`). Each message becomes a
-`Decision`; the decision's events go to the group committer WITHOUT blocking the dispatcher, and
-until the append is durable (`_Persisted` comes back as a message) every other message waits in
-a stash, in order. Once durable: update the state, reply, publish, then act. Effects never run
-before their cause is on disk.
+whatever the persisted state was waiting for (`flow_process.resume`); a flow started for a
+create (`brand_new`: its id was just made, the journal cannot hold anything of it) skips that.
+Each message becomes a `Decision`; the decision's events go to the group committer WITHOUT
+blocking the dispatcher, and until the append is durable (`_Persisted` comes back as a message)
+every other message waits in a stash, in order. Once durable: update the state, reply, publish,
+then act. Effects never run before their cause is on disk.
 
 Passivation is refused while anything only this instance remembers is pending: an append, a
 provider call, a retry timer, the preservation timer, or attached clients (their presence is not
@@ -144,9 +145,10 @@ class _Unbounded:
 
 
 class FlowActor(Actor):
-    def __init__(self, flow_id: str, deps: FlowDeps) -> None:
+    def __init__(self, flow_id: str, deps: FlowDeps, *, brand_new: bool = False) -> None:
         super().__init__()
         self.flow_id = flow_id
+        self._load_on_start = not brand_new
         self.flow = Flow.initial(flow_id)
         self._deps = deps
         self._append: _Append | None = None
@@ -162,8 +164,9 @@ class FlowActor(Actor):
     # --- lifecycle ------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self.flow = load_flow(self._deps.journal, self.flow_id)
-        self._act(fp.resume(self.flow, self._ctx()), ())
+        if self._load_on_start:  # else: an initial flow has nothing stored and nothing to resume
+            self.flow = load_flow(self._deps.journal, self.flow_id)
+            self._act(fp.resume(self.flow, self._ctx()), ())
 
     def on_stop(self) -> None:
         self._cancel_expiry()
@@ -249,7 +252,7 @@ class FlowActor(Actor):
         if not decision.events:
             self._act(decision.effects, ())
             return
-        steps = fp.versions(self.flow, decision.events)
+        steps = decision.steps  # decided from self.flow: the flow after each of its events
         request = AppendRequest(
             stream_id=self.flow_id,
             expected_version=self.flow.version,
@@ -272,7 +275,7 @@ class FlowActor(Actor):
             return
         if isinstance(outcome, BaseException):
             raise outcome  # the journal failed: the supervisor restarts us from the journal
-        steps = fp.versions(pending.before, pending.decision.events)
+        steps = pending.decision.steps
         self.flow = steps[-1]
         self._log_events(pending.decision, steps)
         if pending.command is not None:
@@ -280,7 +283,12 @@ class FlowActor(Actor):
         self._act(pending.decision.effects, steps)
 
     def _append_failed(self, pending: _Append, error: PayflowError) -> None:
-        self._log.warning("append_refused", error_code=error.code, error=str(error))
+        if pending.before.version == 0:
+            # A create refused, mostly on an alias (a repeated idempotency key or pre_id): the
+            # application answers it from the journal; this instance has nothing to look after.
+            self._log.info("create_refused", error_code=error.code)
+        else:
+            self._log.warning("append_refused", error_code=error.code, error=str(error))
         if pending.command is not None:
             self._reply(pending.command, error)
         if isinstance(error, VersionConflict) or pending.command is None:
@@ -289,6 +297,10 @@ class FlowActor(Actor):
             self.flow = load_flow(self._deps.journal, self.flow_id)
             resync = (*fp.pending_calls(self.flow), *_tracking(self.flow))
             self._act(resync, ())
+        if self.flow.version == 0:
+            # No flow exists under this id: leave now (if idle, as any passivation) rather than
+            # linger until the idle sweep, counted among the live flows.
+            self._cell.request_passivation(0.0)
 
     def _snapshot_due(self, after: Flow) -> dict[str, Any] | None:
         """A snapshot rides on the append that crosses a multiple of `snapshot_every` (one

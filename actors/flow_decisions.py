@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import lru_cache
 
 from actors.flow_core import PAYMENT_FAILURE_POLICY, Flow, FlowEvent, RecoveryPolicy, apply
 from actors.messages import ProviderCall, StopTracking, TrackIntent
@@ -23,7 +24,14 @@ class Context:
 
     @property
     def payment_policy(self) -> RecoveryPolicy:
-        return replace(PAYMENT_FAILURE_POLICY, retries=self.retry_limit)
+        return _payment_policy(self.retry_limit)
+
+
+@lru_cache(maxsize=8)
+def _payment_policy(retries: int) -> RecoveryPolicy:
+    # A new Context comes with every message; the policy it implies is an immutable value
+    # that depends on the configured limit alone, so it is built once per limit.
+    return replace(PAYMENT_FAILURE_POLICY, retries=retries)
 
 
 # --- effects: what the shell does once the decision's events are durable ----------------------
@@ -79,9 +87,14 @@ class ReplyKind(StrEnum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
     """Events to append (one atomic write, with `aliases` as (name, namespace)), effects to run
-    after it, and the reply owed to a client command (`error` replaces all of it)."""
+    after it, and the reply owed to a client command (`error` replaces all of it).
+
+    `steps` is the flow after each of `events`, from the flow the decision was made for: what
+    `versions(flow, events)` returns, computed once while deciding, so the shell can take the
+    new versions from here instead of applying the events again."""
 
     events: tuple[FlowEvent, ...] = ()
+    steps: tuple[Flow, ...] = ()
     aliases: tuple[tuple[str, str], ...] = ()
     effects: tuple[Effect, ...] = ()
     reply: ReplyKind | None = None

@@ -209,30 +209,34 @@ EVENT_CLASSES: Mapping[EventType, type[FlowEvent]] = {
 }
 
 
+# Per event class, its record `kind` and its payload field names in order. Built once: taken
+# from `fields` and the enum on every append they were a visible cost of a flow (profiled under
+# payflow-bench).
+_RECORD_SHAPES: Mapping[type[FlowEvent], tuple[str, tuple[str, ...]]] = {
+    cls: (kind.value, tuple(sorted(f.name for f in fields(cls) if f.name != "at")))
+    for kind, cls in EVENT_CLASSES.items()
+}
+
+# Values that are JSON-safe as they are (bool is an int); anything else may need a copy.
+_PLAIN = (str, int, float, type(None))
+
+
 def _payload_names(cls: type[FlowEvent]) -> frozenset[str]:
-    return frozenset(_sorted_payload_names(cls))
+    return frozenset(_RECORD_SHAPES[cls][1])
 
 
-def _sorted_payload_names(cls: type[FlowEvent]) -> tuple[str, ...]:
-    # Once per event class: rebuilt from `fields` on every append it was a visible cost of a
-    # flow (profiled under payflow-bench).
-    names = _PAYLOAD_NAMES.get(cls)
-    if names is None:
-        names = _PAYLOAD_NAMES[cls] = tuple(sorted(f.name for f in fields(cls) if f.name != "at"))
-    return names
-
-
-_PAYLOAD_NAMES: dict[type[FlowEvent], tuple[str, ...]] = {}
+def _json_copy(value: object) -> object:
+    return copy.deepcopy(dict(value)) if isinstance(value, Mapping) else value
 
 
 def event_to_record(event: FlowEvent) -> Record:
     """The journal form of `event`: (kind, payload, at); payload values are JSON-safe copies."""
-    payload = {
-        name: copy.deepcopy(dict(value)) if isinstance(value, Mapping) else value
-        for name in _sorted_payload_names(type(event))
-        for value in (getattr(event, name),)
-    }
-    return event.event_type.value, payload, event.at
+    kind, names = _RECORD_SHAPES[type(event)]
+    payload: dict[str, Any] = {}
+    for name in names:
+        value = getattr(event, name)
+        payload[name] = value if isinstance(value, _PLAIN) else _json_copy(value)
+    return kind, payload, event.at
 
 
 def event_from_record(kind: str, payload: Mapping[str, Any], at: float) -> FlowEvent:

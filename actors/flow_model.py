@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from functools import reduce
-from typing import Any, assert_never
+from typing import Any, TypedDict, assert_never
 
 from actors.flow_events import (
     ActionRequired,
@@ -95,25 +95,46 @@ _GUARD_REFUSAL: Mapping[Guard, str] = {
     Guard.HAS_INTENT: "no payment intent exists yet",
 }
 
-
-def _failed_guard(flow: Flow, event_type: EventType) -> Guard | None:
-    guard = GUARDS.get(flow.state, {}).get(event_type)
-    return None if guard is None or _GUARD_HOLDS[guard](flow) else guard
+# The two tables joined once, per state: event type -> (target, guard or None). `apply` runs
+# for every event a flow persists and `allowed_events` for every terminality check, so each
+# looks up one row instead of walking both tables per call.
+_EDGES: Mapping[FlowState, Mapping[EventType, tuple[FlowState, Guard | None]]] = {
+    state: {event: (target, GUARDS.get(state, {}).get(event)) for event, target in row.items()}
+    for state, row in TRANSITIONS.items()
+}
+# Per state: the event types no guard restricts, then each guard with the event types it opens.
+_FREE_EVENTS: Mapping[FlowState, frozenset[EventType]] = {
+    state: frozenset(event for event, (_, guard) in row.items() if guard is None)
+    for state, row in _EDGES.items()
+}
+_GUARDED_EVENTS: Mapping[FlowState, tuple[tuple[Guard, frozenset[EventType]], ...]] = {
+    state: tuple(
+        (guard, frozenset(event for event, (_, g) in row.items() if g is guard))
+        for guard in dict.fromkeys(g for _, g in row.values() if g is not None)
+    )
+    for state, row in _EDGES.items()
+}
 
 
 def allowed_events(flow: Flow) -> frozenset[EventType]:
     """The event types `apply` accepts for this flow right now."""
-    row = TRANSITIONS[flow.state]
-    return frozenset(event for event in row if _failed_guard(flow, event) is None)
+    allowed = _FREE_EVENTS[flow.state]
+    for guard, events in _GUARDED_EVENTS[flow.state]:
+        if _GUARD_HOLDS[guard](flow):
+            allowed |= events
+    return allowed
 
 
 def next_state(flow: Flow, event_type: EventType) -> FlowState:
     """Where `event_type` takes `flow`; `InvalidTransition` (naming both) if it may not."""
-    target = TRANSITIONS[flow.state].get(event_type)
-    guard = _failed_guard(flow, event_type)
-    if target is None or guard is not None:
-        reason = "" if guard is None else f": {_GUARD_REFUSAL[guard]}"
-        raise InvalidTransition(f"flow in {flow.state} does not accept {event_type}{reason}")
+    edge = _EDGES[flow.state].get(event_type)
+    if edge is None:
+        raise InvalidTransition(f"flow in {flow.state} does not accept {event_type}")
+    target, guard = edge
+    if guard is not None and not _GUARD_HOLDS[guard](flow):
+        raise InvalidTransition(
+            f"flow in {flow.state} does not accept {event_type}: {_GUARD_REFUSAL[guard]}"
+        )
     return target
 
 
@@ -126,17 +147,52 @@ def apply(flow: Flow, event: FlowEvent) -> Flow:
     """The flow after `event`: a new value at version + 1; `flow` itself never changes."""
     target = next_state(flow, event.event_type)
     _check_belongs(flow, event)
-    changed = _effects(flow, event)
-    return replace(
-        changed,
-        state=target,
-        version=flow.version + 1,
-        updated_at=event.at,
-        # next_action is an instruction for REQUIRES_ACTION, error the verdict of FAILED;
-        # leaving the state voids them, so a cancelled flow does not show an old decline.
-        next_action=changed.next_action if target is FlowState.REQUIRES_ACTION else None,
-        error=changed.error if target is FlowState.FAILED else None,
-    )
+    changes = _changes(flow, event)
+    changes["state"] = target
+    changes["version"] = flow.version + 1
+    changes["updated_at"] = event.at
+    # next_action is an instruction for REQUIRES_ACTION, error the verdict of FAILED; leaving
+    # the state voids them, so a cancelled flow does not show an old decline.
+    if target is not FlowState.REQUIRES_ACTION:
+        changes["next_action"] = None
+    if target is not FlowState.FAILED:
+        changes["error"] = None
+    return _evolve(flow, changes)
+
+
+class _Changes(TypedDict, total=False):
+    """The fields an event sets (`flow_id` never changes); typed so mypy checks every name."""
+
+    state: FlowState
+    version: int
+    amount: int
+    currency: str
+    pre_id: str | None
+    booking_id: str | None
+    metadata: Mapping[str, str]
+    payment_method: str | None
+    intent_id: str | None
+    client_secret: str | None
+    provider_status: str | None
+    next_action: Mapping[str, Any] | None
+    error: FlowError | None
+    attempts: int
+    created_at: float
+    updated_at: float
+
+
+_set_field = object.__setattr__  # the way a frozen dataclass's own __init__ sets its fields
+
+
+def _evolve(flow: Flow, changes: _Changes) -> Flow:
+    # `dataclasses.replace` walks fields() and goes through __init__ on every call, which made
+    # it the largest single cost of a flow (profiled under payflow-bench); Flow has no
+    # __post_init__, so filling the slots directly builds the same value.
+    values: Mapping[str, object] = changes
+    new = object.__new__(Flow)
+    for name in _FLOW_FIELDS:
+        _set_field(new, name, values[name] if name in values else getattr(flow, name))
+    return new
 
 
 def _check_belongs(flow: Flow, event: FlowEvent) -> None:
@@ -148,57 +204,50 @@ def _check_belongs(flow: Flow, event: FlowEvent) -> None:
         raise Internal(f"method_selected for attempt {event.attempt}, expected {expected}")
 
 
-def _without_intent(flow: Flow) -> Flow:
-    # Each attempt and each newly selected method pays through a new intent.
-    return replace(flow, intent_id=None, client_secret=None, provider_status=None)
-
-
-def _effects(flow: Flow, event: FlowEvent) -> Flow:  # noqa: PLR0911 (one return per event kind)
+def _changes(flow: Flow, event: FlowEvent) -> _Changes:  # noqa: PLR0911 (one return per event kind)
     match event:
         case FlowCreated():
-            return replace(
-                flow,
-                amount=event.amount,
-                currency=event.currency,
-                pre_id=event.pre_id,
-                metadata=event.metadata,
-                created_at=event.at,
-            )
+            return {
+                "amount": event.amount,
+                "currency": event.currency,
+                "pre_id": event.pre_id,
+                "metadata": event.metadata,
+                "created_at": event.at,
+            }
         case BookingAttached():
-            return replace(flow, booking_id=event.booking_id)
+            return {"booking_id": event.booking_id}
         case MethodSelected():
-            return replace(
-                _without_intent(flow), payment_method=event.payment_method, attempts=event.attempt
-            )
+            # Each attempt and each newly selected method pays through a new intent.
+            return {**_NO_INTENT, "payment_method": event.payment_method, "attempts": event.attempt}
         case IntentCreated():
-            return replace(
-                flow,
-                intent_id=event.intent_id,
-                client_secret=event.client_secret,
-                provider_status=event.provider_status,
-            )
+            return {
+                "intent_id": event.intent_id,
+                "client_secret": event.client_secret,
+                "provider_status": event.provider_status,
+            }
         case Processing() | ProviderStatusChanged() | PaymentSucceeded():
-            return replace(flow, provider_status=event.provider_status)
+            return {"provider_status": event.provider_status}
         case ActionRequired():
-            return replace(
-                flow, next_action=event.next_action, provider_status=event.provider_status
-            )
+            return {"next_action": event.next_action, "provider_status": event.provider_status}
         case PaymentFailed():
             return _failed(flow, event)
         case Retried():
-            return replace(_without_intent(flow), payment_method=None)
+            return {**_NO_INTENT, "payment_method": None}
         case Submitted() | Cancelled() | Expired():
             # Cancelled/expired keep the intent: the shell still has to cancel it upstream.
-            return flow
+            return {}
         case _:
             assert_never(event)
 
 
-def _failed(flow: Flow, event: PaymentFailed) -> Flow:
+_NO_INTENT: _Changes = {"intent_id": None, "client_secret": None, "provider_status": None}
+
+
+def _failed(flow: Flow, event: PaymentFailed) -> _Changes:
     error = FlowError(code=event.code, message=event.message, recoverable=event.recoverable)
     # A failure raised before the provider answered (no status) keeps the last one we saw.
     status = flow.provider_status if event.provider_status is None else event.provider_status
-    return replace(flow, error=error, provider_status=status)
+    return {"error": error, "provider_status": status}
 
 
 def replay(events: Iterable[FlowEvent], *, start: Flow) -> Flow:

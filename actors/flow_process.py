@@ -19,7 +19,6 @@ re-issues exactly the call it had persisted the cause of, with the same idempote
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from actors.commands import AttachBooking, Cancel, Command, CreateFlow, Retry, SelectMethod, Submit
 from actors.flow_core import (
@@ -116,14 +115,13 @@ CANCELLABLE: frozenset[str] = frozenset(
 
 def decide(flow: Flow, command: Command, ctx: Context) -> Decision:
     """The decision for a validated, authorised client command (see the module docstring)."""
+    kind = ReplyKind.CREATED if isinstance(command, CreateFlow) else ReplyKind.ACK
     try:
         _check_version(flow, command)
         events, aliases = _command_events(flow, command, ctx)
-        decision = _persist(flow, events, aliases)
+        return _persist(flow, events, aliases, reply=kind)
     except (Rejected, Conflict) as error:
         return Decision(error=error)
-    kind = ReplyKind.CREATED if isinstance(command, CreateFlow) else ReplyKind.ACK
-    return replace(decision, reply=kind)
 
 
 def _check_version(flow: Flow, command: Command) -> None:
@@ -181,31 +179,46 @@ def _create_aliases(flow_id: str, command: CreateFlow) -> _Aliases:
     return tuple(aliases)
 
 
-def _persist(flow: Flow, events: Sequence[FlowEvent], aliases: _Aliases = ()) -> Decision:
+def _persist(
+    flow: Flow,
+    events: Sequence[FlowEvent],
+    aliases: _Aliases = (),
+    reply: ReplyKind | None = None,
+) -> Decision:
     """Persist `events` (checked against the table now), then publish and act on the result."""
     if not events:
-        return Decision()
-    after = versions(flow, events)[-1]
-    effects = (Publish(), *_consequences(flow, after), *pending_calls(after))
-    return Decision(events=tuple(events), aliases=aliases, effects=effects)
+        return Decision(reply=reply)
+    steps = tuple(versions(flow, events))
+    after = steps[-1]
+    effects = (_PUBLISH, *_consequences(flow, after), *pending_calls(after))
+    return Decision(
+        events=tuple(events), steps=steps, aliases=aliases, effects=effects, reply=reply
+    )
+
+
+# Effects without fields are values: one instance each serves every decision.
+_PUBLISH = Publish()
+_ENDED = (CancelExpiry(), NotifyTerminal())
 
 
 def _consequences(before: Flow, after: Flow) -> list[Effect]:
     """Tracking, timers and notification follow from how the flow changed."""
     effects: list[Effect] = []
-    watching = _watching(after)
+    was_terminal, is_terminal = before.is_terminal, after.is_terminal
+    watching = _watching(after, is_terminal)
     if watching and after.intent_id != before.intent_id:
         effects.append(TrackIntent(intent_id=str(after.intent_id), status=after.provider_status))
-    stops = before.intent_id is not None and not watching and _watching(before)
+    stops = before.intent_id is not None and not watching and _watching(before, was_terminal)
     if stops:
         effects.append(StopTracking())
-    if after.is_terminal and not before.is_terminal:
-        effects.extend((CancelExpiry(), NotifyTerminal()))
+    if is_terminal and not was_terminal:
+        effects.extend(_ENDED)
     return effects
 
 
-def _watching(flow: Flow) -> bool:
-    return flow.intent_id is not None and flow.state is not _S.FAILED and not flow.is_terminal
+def _watching(flow: Flow, terminal: bool) -> bool:
+    # `terminal` is flow.is_terminal, which the callers need for themselves as well.
+    return flow.intent_id is not None and flow.state is not _S.FAILED and not terminal
 
 
 # --- provider calls -------------------------------------------------------------------------------
@@ -247,20 +260,26 @@ def _intent_call(flow: Flow, op: ProviderOp, intent_id: str) -> ProviderCall:
 
 def is_pending(flow: Flow, call: ProviderCall) -> bool:
     """Whether `call` is still what the flow waits for (not superseded by a newer decision)."""
-    return any(p.idempotency_key == call.idempotency_key for p in pending_calls(flow))
+    return _among(pending_calls(flow), call)
+
+
+def _among(pending: Sequence[ProviderCall], call: ProviderCall) -> bool:
+    return any(p.idempotency_key == call.idempotency_key for p in pending)
 
 
 def on_provider_result(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
     """What the answer to one of this flow's provider calls changes."""
     call = result.call
-    awaited = is_pending(flow, call) or _rereads_refused_confirm(flow, call)
+    pending = pending_calls(flow)
+    awaited = _among(pending, call) or _rereads_refused_confirm(pending, call)
     if isinstance(result.error, ProviderUnavailable):
         retry = CallLater(call=call, delay=ctx.call_retry_delay)
         return Decision(effects=(retry,)) if awaited else Decision()
     if call.op is ProviderOp.CREATE_INTENT and awaited:
         return _intent_created(flow, result, ctx)
     if call.op is ProviderOp.CONFIRM_INTENT:
-        return _confirmed(flow, result, ctx)
+        # For a confirm `awaited` means "still pending": the re-read clause is for retrieves.
+        return _confirmed(flow, result, ctx, pending=awaited)
     if call.op is ProviderOp.RETRIEVE_INTENT and awaited:
         return _reread_after_refused_confirm(flow, result, ctx)
     return Decision()  # a stale create or re-read, a cancel (the flow already ended)
@@ -279,10 +298,10 @@ def _intent_created(flow: Flow, result: ProviderResult, ctx: Context) -> Decisio
     return _persist(flow, [created], ((intent.intent_id, INTENT_NAMESPACE),))
 
 
-def _confirmed(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
+def _confirmed(flow: Flow, result: ProviderResult, ctx: Context, *, pending: bool) -> Decision:
     intent = result.intent
     if intent is None:
-        if not is_pending(flow, result.call):
+        if not pending:
             return Decision()
         # The provider refused to confirm. When the customer already confirmed with Stripe.js
         # (as Stripe recommends for cards), the intent has moved on and the refusal is no
@@ -292,11 +311,11 @@ def _confirmed(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
     return _persist(flow, _status_events(flow, intent.status, intent=intent, ctx=ctx))
 
 
-def _rereads_refused_confirm(flow: Flow, call: ProviderCall) -> bool:
-    """Whether `call` is the re-read `_confirmed` asked for and the confirm is still awaited."""
+def _rereads_refused_confirm(pending: Sequence[ProviderCall], call: ProviderCall) -> bool:
+    """Whether `call` is the re-read `_confirmed` asked for and the confirm is still awaited
+    (`pending`: the flow's `pending_calls`)."""
     return call.op is ProviderOp.RETRIEVE_INTENT and any(
-        p.op is ProviderOp.CONFIRM_INTENT and p.intent_id == call.intent_id
-        for p in pending_calls(flow)
+        p.op is ProviderOp.CONFIRM_INTENT and p.intent_id == call.intent_id for p in pending
     )
 
 
@@ -373,8 +392,9 @@ def resume(flow: Flow, ctx: Context) -> tuple[Effect, ...]:
     flow that could expire gets its preservation window; a rejoin cancels it.
     """
     effects: list[Effect] = list(pending_calls(flow))
-    if _watching(flow):
+    terminal = flow.is_terminal
+    if _watching(flow, terminal):
         effects.append(TrackIntent(intent_id=str(flow.intent_id), status=flow.provider_status))
-    if not flow.is_terminal and flow.state is not _S.INITIAL:
+    if not terminal and flow.state is not _S.INITIAL:
         effects.append(ScheduleExpiry(delay=ctx.preserve_window))
     return tuple(effects)

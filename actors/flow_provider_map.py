@@ -76,6 +76,8 @@ PROVIDER_STATUS_EVENTS: Mapping[FlowState, Mapping[str, tuple[EventType, ...]]] 
     },
 }
 
+_NO_NEWS: Mapping[str, tuple[EventType, ...]] = {}  # a state the provider's news cannot move
+
 # Our words when the provider gave a failing status but no error to quote.
 _FALLBACK_ERRORS: Mapping[str, tuple[str, str]] = {
     _I.CANCELED: ("intent_canceled", "the payment intent was canceled at the provider"),
@@ -104,7 +106,7 @@ def events_for_provider_status(
     seen = DECLINED if status == _I.REQUIRES_PAYMENT_METHOD and error is not None else status
     if seen == flow.provider_status:  # a repeat; `declined` never is, it is a new verdict
         return []
-    kinds = PROVIDER_STATUS_EVENTS.get(flow.state, {}).get(seen, ())
+    kinds = PROVIDER_STATUS_EVENTS.get(flow.state, _NO_NEWS).get(seen, ())
     return [
         _event(kind, flow, status, at=at, next_action=next_action, error=error, policy=policy)
         for kind in kinds
@@ -125,12 +127,15 @@ def _event(
         return ActionRequired(at=at, next_action=next_action or {}, provider_status=status)
     if kind is _E.PAYMENT_FAILED:
         return _failure(flow, status, at=at, error=error, policy=policy)
-    simple: Mapping[EventType, type[Processing | ProviderStatusChanged | PaymentSucceeded]] = {
-        _E.PROCESSING: Processing,
-        _E.PROVIDER_STATUS_CHANGED: ProviderStatusChanged,
-        _E.PAYMENT_SUCCEEDED: PaymentSucceeded,
-    }
-    return simple[kind](at=at, provider_status=status)
+    return _STATUS_ONLY[kind](at=at, provider_status=status)
+
+
+# The events that carry nothing but the provider's status.
+_STATUS_ONLY: Mapping[EventType, type[Processing | ProviderStatusChanged | PaymentSucceeded]] = {
+    _E.PROCESSING: Processing,
+    _E.PROVIDER_STATUS_CHANGED: ProviderStatusChanged,
+    _E.PAYMENT_SUCCEEDED: PaymentSucceeded,
+}
 
 
 def _failure(

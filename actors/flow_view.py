@@ -7,7 +7,7 @@ import copy
 from typing import Any
 
 from actors.flow_model import Flow
-from actors.flow_states import MODAL, STEP, Modal, Step
+from actors.flow_states import MODAL, STEP, FlowState, Modal, Step
 
 # The keys of the contract's `status` frame, in its order, after `type`.
 STATUS_KEYS: tuple[str, ...] = (
@@ -38,6 +38,13 @@ def step(flow: Flow) -> Step:
     return STEP[flow.state]
 
 
+# Per state, the frame's plain strings for `state`, `modal` and `step`: a frame goes out for every
+# version of every flow, and an enum's `.value` is a Python-level property call each time.
+_SCREEN: dict[FlowState, tuple[str, str, str]] = {
+    state: (state.value, MODAL[state].value, STEP[state].value) for state in FlowState
+}
+
+
 def status_view(flow: Flow) -> dict[str, Any]:
     """The `status` frame for `flow`: every key present, None where it does not apply.
 
@@ -45,15 +52,16 @@ def status_view(flow: Flow) -> dict[str, Any]:
     `client_secret`: send it to the flow's token holders only, and never log it.
     """
     error = flow.error
+    state, shown_modal, shown_step = _SCREEN[flow.state]
     return {
         "type": "status",
         "flow_id": flow.flow_id,
         "booking_id": flow.booking_id,
         "pre_id": flow.pre_id,
-        "state": flow.state.value,
+        "state": state,
         "version": flow.version,
-        "modal": modal(flow).value,
-        "step": step(flow).value,
+        "modal": shown_modal,
+        "step": shown_step,
         "amount": flow.amount,
         "currency": flow.currency,
         "provider_status": flow.provider_status,

@@ -120,6 +120,10 @@ class Rooms(Generic[F]):
 
     # --- reading ---------------------------------------------------------------------------------
 
+    def has_members(self, flow_id: str) -> bool:
+        """Whether anyone watches the flow: asked for every status, so no set is built."""
+        return bool(self._rooms.get(flow_id))
+
     def members(self, flow_id: str) -> frozenset[str]:
         return frozenset(self._rooms.get(flow_id, {}))
 

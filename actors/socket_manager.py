@@ -171,11 +171,14 @@ class SocketManagerActor(Actor):
         return super().on_receive(message)
 
     def _publish(self, flow_id: str, view: Mapping[str, Any]) -> None:
-        if not self._rooms.members(flow_id):
+        if not self._rooms.has_members(flow_id):
             return  # nobody watches: do not even encode
         frame = self._encode(view)
+        sessions = self._sessions
         for delivery in self._rooms.deliver(flow_id, int(view["version"]), frame):
-            self._send(delivery.session_id, [delivery.frame])
+            entry = sessions.get(delivery.session_id)
+            if entry is not None:
+                entry[0].send(frame)
 
     def _send(self, session_id: str, frames: list[bytes]) -> None:
         entry = self._sessions.get(session_id)

@@ -5,6 +5,8 @@ validation order that needs no flow state in memory: `not_found` (the journal's 
 namespace), then `forbidden` (the flow token; the API key for `create_flow` and
 `attach_booking`). Then it hands the command to the flow's actor as a `ClientCommand` and awaits
 its reply; the actor checks `version_conflict` and `invalid_transition`, persists, and answers.
+`create_flow` goes straight to a new flow actor: its append binds the flow's aliases or is
+refused, so the journal is read only for a refused create (a repeated key, a taken pre_id).
 
 `join` is answered from the journal: every status after `since` (each the fold of the events up
 to its version), then the current one. The session joins the flow's room BEFORE the journal is
@@ -15,10 +17,9 @@ after the reply, deduplicated by version: no gap, no repeat (see actors/socket_c
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import functools
 import secrets
-import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -61,6 +62,8 @@ class DomainPort(Protocol):
 
     def send(self, flow_id: str, message: object) -> None: ...
 
+    def create(self, flow_id: str, message: object) -> None: ...
+
     def route_provider_event(self, event: ProviderEvent) -> bool: ...
 
 
@@ -85,6 +88,7 @@ class App:
         self._metrics = metrics
         self._secret = token_secret
         self._api_key = api_key
+        self._replies: _Replies | None = None
         self.draining = False
 
     # --- RequestHandler ------------------------------------------------------------------------
@@ -130,45 +134,56 @@ class App:
         ):
             raise Forbidden("this request needs the daemon's API key")
 
-    async def _ask(self, flow_id: str, command: Command) -> object:
-        """Hand the command to the flow actor and await its one reply without blocking the loop."""
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[object] = loop.create_future()
-        handoff = handoff_for(loop)  # replies of many flows share one loop wake-up
-
-        def reply(result: object) -> None:
-            handoff.call(_settle, answer, result)
-
-        self._domain.send(flow_id, ClientCommand(command=command, reply=reply))
-        async with asyncio.timeout(REPLY_TIMEOUT_S):
+    async def _ask(self, flow_id: str, command: Command, *, new: bool = False) -> object:
+        """Hand the command to the flow actor and await its one reply without blocking the loop
+        (`new`: start the actor of a flow_id just made up, see `DomainPort.create`)."""
+        replies = self._replies_on(asyncio.get_running_loop())
+        answer, reply = replies.expect()
+        try:
+            message = ClientCommand(command=command, reply=reply)
+            (self._domain.create if new else self._domain.send)(flow_id, message)
             result = await answer
+        finally:
+            replies.forget(answer)
         if isinstance(result, PayflowError):
             raise result
         return result
 
+    def _replies_on(self, loop: asyncio.AbstractEventLoop) -> _Replies:
+        replies = self._replies
+        if replies is None or replies.loop is not loop:
+            replies = self._replies = _Replies(loop)
+        return replies
+
     # --- create, join, leave -------------------------------------------------------------------
 
     async def _create(self, session: Session, command: CreateFlow) -> Created:
+        """Create first, read only if refused: the append binds the flow's aliases atomically
+        and is refused (`AliasConflict`) if one is taken, so the common create reads nothing."""
         self._check_api_key(command.api_key)
+        if self.draining:
+            return self._created_for(session, self._earlier_flow_or_refuse(command))
+        flow_id = FLOW_ID_PREFIX + secrets.token_urlsafe(16)
+        try:
+            reply = await self._ask(flow_id, command, new=True)
+        except PayflowError:
+            # A repeated idempotency key (an earlier or a racing create) returns that flow; a
+            # pre_id taken without it is `conflict`; anything else stands as it was refused.
+            existing = self._idempotent_flow(command)
+            if existing is None:
+                raise
+            return self._created_for(session, existing)
+        if not isinstance(reply, Created):
+            raise Internal(f"flow answered {type(reply).__name__} to create_flow")
+        self._follow(session, flow_id, reply.version)
+        return reply  # its token is the flow's, made with the domain's secret: the one we hold
+
+    def _earlier_flow_or_refuse(self, command: CreateFlow) -> str:
+        """While draining, a repeated create still gets its flow; a new one is refused."""
         existing = self._idempotent_flow(command)
         if existing is None:
-            if self.draining:
-                raise Overloaded("the daemon is draining and takes no new flows")
-            flow_id = FLOW_ID_PREFIX + secrets.token_urlsafe(16)
-            try:
-                reply = await self._ask(flow_id, command)
-            except AliasConflict:
-                # Two creates with one idempotency key raced: the loser returns the winner's flow.
-                existing = self._idempotent_flow(command)
-                if existing is None:
-                    raise
-            else:
-                if not isinstance(reply, Created):
-                    raise Internal(f"flow answered {type(reply).__name__} to create_flow")
-                created = dataclasses.replace(reply, token=flow_token(self._secret, flow_id))
-                self._follow(session, flow_id, created.version)
-                return created
-        return self._created_for(session, existing)
+            raise Overloaded("the daemon is draining and takes no new flows")
+        return existing
 
     def _idempotent_flow(self, command: CreateFlow) -> str | None:
         """The flow an earlier create with this key made; a pre_id taken without it: conflict."""
@@ -253,28 +268,79 @@ class App:
         await asyncio.to_thread(self._domain.route_provider_event, event)
 
 
+class _Replies:
+    """The flow replies awaited on one loop, and ONE timer bounding them all.
+
+    `asyncio.timeout` per request cost a Timeout, a timer handle in the loop's heap and its
+    cancellation: about as much again as the rest of an ask. Every reply is given the same
+    `REPLY_TIMEOUT_S`, so the deadlines, kept in insertion order, are also in deadline order:
+    a sweep every `_SWEEP_S` expires the overdue ones from the front and stops at the first that
+    is not. A reply is lost only if its actor failed while handling it (a bug)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._handoff = handoff_for(loop)  # replies of many flows share one loop wake-up
+        self._deadlines: dict[asyncio.Future[object], float] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+
+    def expect(self) -> tuple[asyncio.Future[object], Callable[[object], None]]:
+        """A future for one reply, and the callback (any thread) that settles it."""
+        answer: asyncio.Future[object] = self.loop.create_future()
+        self._deadlines[answer] = self.loop.time() + REPLY_TIMEOUT_S
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(_SWEEP_S, self._expire_overdue)
+        # A partial, not a closure: one Python frame less on the dispatcher per reply.
+        return answer, functools.partial(self._handoff.call, _settle, answer)
+
+    def forget(self, answer: asyncio.Future[object]) -> None:
+        self._deadlines.pop(answer, None)
+
+    def _expire_overdue(self) -> None:
+        now = self.loop.time()
+        overdue = []
+        for answer, deadline in self._deadlines.items():
+            if deadline > now:
+                break
+            overdue.append(answer)
+        for answer in overdue:
+            del self._deadlines[answer]
+            if not answer.done():
+                answer.set_exception(Internal(f"no reply from the flow in {REPLY_TIMEOUT_S} s"))
+        self._sweep = (
+            self.loop.call_later(_SWEEP_S, self._expire_overdue) if self._deadlines else None
+        )
+
+
+_SWEEP_S = 1.0
+
+
 class MeteredPublisher:
     """`StatusPublisher` that times each flow's state changes, then hands the status on.
 
     Every persisted version is published (whether or not anyone watches), so the time between
-    two statuses of different states is the time the flow spent in the first one."""
+    two statuses of different states is the time the flow spent in the first one.
+
+    No lock: a flow's statuses come from its one actor, one message at a time (a new incarnation
+    starts after the old one stopped), so an entry is never touched by two threads at once, and
+    each dict operation on it is atomic."""
 
     def __init__(self, inner: StatusPublisher, metrics: Metrics) -> None:
         self._inner = inner
         self._metrics = metrics
-        self._lock = threading.Lock()
         self._entered: dict[str, tuple[str, float]] = {}
 
     def publish(self, flow_id: str, view: Mapping[str, Any]) -> None:
-        state, at = str(view["state"]), float(view["updated_at"] or 0.0)
-        with self._lock:
-            previous = self._entered.get(flow_id)
-            if previous is None or previous[0] != state:
-                self._entered[flow_id] = (state, at)
+        state = view["state"]
+        previous = self._entered.get(flow_id)
+        if previous is None or previous[0] != state:
+            at = view["updated_at"] or 0.0
             if state in _FINISHED_STATES:
-                del self._entered[flow_id]
-        if previous is not None and previous[0] != state:
-            self._metrics.observe_transition(previous[0], state, max(at - previous[1], 0.0))
+                if previous is not None:
+                    del self._entered[flow_id]
+            else:
+                self._entered[flow_id] = (state, at)
+            if previous is not None:
+                self._metrics.observe_transition(previous[0], state, max(at - previous[1], 0.0))
         self._inner.publish(flow_id, view)
 
 

@@ -38,8 +38,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from actors.commands import Command, ErrorFrame, Ref, Reply
-from adapters.codec import MAX_FRAME_BYTES, FrameRejected, decode_request, encode, encode_error
+from actors.commands import Command, ErrorFrame, Reply
+from adapters.codec import (
+    MAX_FRAME_BYTES,
+    FrameRejected,
+    decode_request,
+    encode_error,
+    encode_reply,
+)
 from adapters.session import Session, TokenBucket
 from runtime.errors import Internal, Overloaded, PayflowError
 
@@ -257,8 +263,7 @@ class Bridge:
 
     async def _call_handler(self, session: Session, command: Command) -> bytes:
         try:
-            reply = await self._handler.handle(session, command)
-            return encode(_with_ref(reply, command.ref))
+            return encode_reply(await self._handler.handle(session, command), command.ref)
         except PayflowError as error:
             if ErrorFrame.from_error(error).code == "internal":
                 _log().error(
@@ -269,10 +274,3 @@ class Bridge:
             # Never the request itself in the log: it may carry a token or an API key.
             _log().error("request_failed", session_id=session.id, type=command.TYPE, exc_info=True)
             return encode_error(command.ref, Internal("internal error"))
-
-
-def _with_ref(reply: Reply | Mapping[str, Any], ref: Ref) -> Reply | Mapping[str, Any]:
-    """The reply carrying the request's `ref`: echoing it is the bridge's job, not the handler's."""
-    if isinstance(reply, Mapping):
-        return {**reply, "ref": ref}
-    return dataclasses.replace(reply, ref=ref)

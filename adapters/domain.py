@@ -4,6 +4,7 @@ through `build_domain`, so there is one place where these parts meet.
 
     domain = build_domain(journal, system, provider, loop, publisher, notifier, settings)
     domain.recover()                          # load every unfinished flow, resume it
+    domain.create(flow_id, ClientCommand(...))  # a create, to a flow_id just made up
     domain.send(flow_id, ClientCommand(...))  # the application, after its own checks
     domain.route_provider_event(event)        # webhooks and feeds (the provider's sink is set)
     ...
@@ -67,6 +68,7 @@ class Domain:
 
     flows: EntityRegistry[FlowActor]
     trackers: EntityRegistry[TrackerActor]
+    new_flow: Callable[[str], FlowActor]  # the first incarnation of a flow that `create` starts
 
     def __init__(
         self,
@@ -86,9 +88,15 @@ class Domain:
         """Deliver `message` to the flow's actor, loading the flow if it is not live."""
         self.flows.tell(flow_id, message)
 
+    def create(self, flow_id: str, message: object) -> None:
+        """Start the actor of a flow whose id was just made up, and deliver `message` (its
+        create) to it. The journal cannot hold anything under a fresh id, so it loads nothing;
+        a create refused on a taken alias leaves no actor behind (see `FlowActor`)."""
+        self.flows.spawn(flow_id, message, self.new_flow)
+
     def route_provider_event(self, event: ProviderEvent) -> bool:
         """Hand a pushed provider event to the tracker of the flow owning its intent.
-        False for an intent no flow knows (answered 2xx all the same)."""
+        False for an intent no flow knows (answered 2xx all the same). May read the journal."""
         flow_id = self.journal.resolve(event.intent_id, INTENT_NAMESPACE)
         if flow_id is None:
             log.info("provider_event_unrouted", intent_id=event.intent_id, status=event.status)
@@ -97,9 +105,13 @@ class Domain:
         return True
 
     async def provider_event_sink(self, event: ProviderEvent) -> None:
-        """The provider's event sink (`Provider.set_event_sink`). Routing reads the journal, so
-        it runs off the event loop."""
-        await asyncio.to_thread(self.route_provider_event, event)
+        """The provider's event sink (`Provider.set_event_sink`). An intent this process bound
+        is routed at once; any other needs a journal read, which runs off the event loop."""
+        flow_id = self.journal.resolve_known(event.intent_id, INTENT_NAMESPACE)
+        if flow_id is not None:
+            self.trackers.tell(flow_id, PushedStatus(event=event))
+        else:
+            await asyncio.to_thread(self.route_provider_event, event)
 
     def set_push_health(self, healthy: bool) -> None:
         """Push channels came up or went down: live trackers adjust their polling."""
@@ -152,6 +164,7 @@ def build_domain(  # noqa: PLR0917 (the composition root's agreed positional sig
     domain.flows = system.entities(
         FLOW_KIND, lambda fid: FlowActor(fid, flow_deps), idle_after=settings.flow_idle_after
     )
+    domain.new_flow = lambda fid: FlowActor(fid, flow_deps, brand_new=True)
     domain.trackers = system.entities(
         TRACKER_KIND,
         lambda fid: TrackerActor(fid, tracker_deps),

@@ -92,8 +92,10 @@ class ThresholdWatch:
         threshold = self._thresholds[name]
         key = (name, subject)
         breached = threshold.breached_by(value)
+        if breached == (key in self._crossed):
+            return  # no change: the usual case, decided without the lock (a set read is atomic)
         with self._lock:
-            changed = breached != (key in self._crossed)
+            changed = breached != (key in self._crossed)  # again: another thread may have won
             if changed:
                 (self._crossed.add if breached else self._crossed.discard)(key)
         if changed:
@@ -134,6 +136,7 @@ class Metrics:
         self._error_times: deque[float] = deque()
         self._recoveries: dict[str, tuple[int, int]] = {}
         self._flow_states: set[str] = set()
+        self._transition_observers: dict[tuple[str, str], Callable[[float], None]] = {}
         self._register()
         for kind in recovery_kinds:
             self._recovery_attempts.labels(kind=kind)
@@ -195,7 +198,13 @@ class Metrics:
     # --- what the domain side records ------------------------------------------------------
 
     def observe_transition(self, from_state: str, to_state: str, seconds: float) -> None:
-        self._transition.labels(from_state=from_state, to_state=to_state).observe(seconds)
+        # Every flow step lands here; labels() validates and locks on each call, so each pair's
+        # child is looked up once (children of this histogram are never removed).
+        observe = self._transition_observers.get((from_state, to_state))
+        if observe is None:
+            child = self._transition.labels(from_state=from_state, to_state=to_state)
+            observe = self._transition_observers[(from_state, to_state)] = child.observe
+        observe(seconds)
         self.watch.check("transition_seconds", seconds)
 
     def error(self, code: str) -> None:

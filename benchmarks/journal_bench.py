@@ -24,16 +24,15 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runtime.group_commit import GroupCommitter
 from runtime.journal import AppendRequest, NewEvent
 from runtime.sqlite_journal import SQLiteJournal
-from runtime.sqlite_store import read_transaction
 
 SUBMITTERS = 64
 BATCH = 100
@@ -172,13 +171,28 @@ def run_submitters(committer: GroupCommitter, seconds: float) -> float:
 # --- reads under write load -----------------------------------------------------------------
 
 
+class _WriterConnectionReads:
+    """Reads on the journal's writer connection, under its lock (the `ReaderPool` interface)."""
+
+    def __init__(self, journal: SQLiteJournal) -> None:
+        self._journal = journal
+
+    def read(self, query: str, parameters: Sequence[object]) -> list[Any]:
+        journal = self._journal
+        with journal._write_lock:
+            return journal._writer.execute(query, parameters).fetchall()
+
+    def close(self) -> None:
+        """Nothing of its own to close: the writer connection is the journal's."""
+
+
 class ReadsUnderWriterLock(SQLiteJournal):
     """The alternative design: every read on the writer connection, under the writer's lock."""
 
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._write_lock, read_transaction(self._writer) as conn:
-            yield conn
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
+        self._readers.close()
+        self._readers = _WriterConnectionReads(self)  # type: ignore[assignment]
 
 
 def reads_while_writing(journal_type: type[SQLiteJournal]) -> Measure:

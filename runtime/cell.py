@@ -17,6 +17,7 @@ from runtime.dispatcher import Ask, Mailbox
 from runtime.errors import Internal, Overloaded
 from runtime.lifecycle import (
     ADOPTING,
+    CURRENT_SYSTEM,
     FATAL,
     NO_ACTOR,
     NOT_PLAIN,
@@ -243,11 +244,14 @@ class Cell(Mailbox):
         if self.factory is None:
             raise Internal(f"{self.name!r} has no factory to build it from")
         token = ADOPTING.set(self)
-        undo = set_current_system(self.system)
+        # A dispatcher worker already has its system current (set once per thread, see
+        # ActorSystem): setting it again for every actor built would only cost two context writes.
+        undo = None if CURRENT_SYSTEM.get() is self.system else set_current_system(self.system)
         try:
             actor = self.factory()
         finally:
-            undo()
+            if undo is not None:
+                undo()
             ADOPTING.reset(token)
         if actor is not self.actor or self.actor is None:
             raise Internal(f"the factory of {self.name!r} must construct and return a new actor")
@@ -325,14 +329,16 @@ class Cell(Mailbox):
         self._closed_for_good(PASSIVATED, [], reason="passivated")
 
     def _closed_for_good(self, state: State, left: list[Any], reason: str) -> None:
-        actor_class = type(self.actor).__name__ if self.actor is not None else self.kind
+        actor, self.actor = self.actor, None  # a passivated entity must free its memory
         self.state = state
         self.stopped.set()
-        self.actor = None  # a passivated entity must free its memory even if refs linger
         self.ref._actor_weakref = NO_ACTOR
-        self.system.dead_letters.dropped(
-            actor=self.name, actor_class=actor_class, messages=_answer(left), reason=reason
-        )
+        tells = _answer(left)  # answers the asks
+        if tells:  # most actors stop idle: no dead-letter bookkeeping for nothing
+            actor_class = type(actor).__name__ if actor is not None else self.kind
+            self.system.dead_letters.dropped(
+                actor=self.name, actor_class=actor_class, messages=tells, reason=reason
+            )
         self.system.forget(self)
         if self.on_closed is not None:
             self.on_closed(self)

@@ -4,6 +4,8 @@
 a new cell is created at once and the entity itself is built by `factory(entity_id)` on the
 dispatcher, never on the sender's thread (which may be the asyncio loop; the factory of a flow
 loads it from the journal). The entity's supervisor restarts it with the same factory.
+`EntityRegistry.spawn(entity_id, message, first)` starts an entity whose id was just made up:
+its first incarnation comes from `first`, which need not look for anything stored.
 
 Passivation: one periodic sweep per registry (a `Sweep` message from the scheduler to the
 registry's supervisor) asks each entity idle for `idle_after` seconds to passivate. The request
@@ -29,6 +31,7 @@ import pykka
 
 from runtime.actor import RUNNING, Actor, Cell, Ref
 from runtime.dispatcher import DispatchFuture, refuse_to_block_here
+from runtime.errors import Internal
 from runtime.supervisor import ChildSpec, Strategy, Supervisor
 
 if TYPE_CHECKING:
@@ -147,21 +150,44 @@ class EntityRegistry(Generic[A]):
                 return
         raise pykka.ActorDeadError(f"{self.kind} {entity_id!r} cannot be activated")
 
+    def spawn(self, entity_id: str, message: Any, first: Callable[[str], A]) -> None:
+        """Start an entity whose id was just made up, so nothing stored can name it yet, and
+        deliver `message` to it. Its first incarnation is built by `first(entity_id)` (which may
+        skip loading: there is nothing to load); a restart uses the registry's factory, since
+        by then the first one may have stored something. `Internal` if the id is known already.
+
+        The message is queued before the entity is scheduled: its first run starts it and
+        handles the message, one dispatch instead of two."""
+        with self._lock:
+            if entity_id in self._live:
+                raise Internal(f"{self.kind} {entity_id!r} exists already: spawn is for new ids")
+            restart = functools.partial(self._factory, entity_id)
+            cell = self._new_cell(entity_id, restart)
+            cell.factory = _first_then(cell, functools.partial(first, entity_id), restart)
+            cell.post(message)  # a held cell queues without being scheduled
+            self._system.launch(cell, release=False)
+            self._live[entity_id] = cell
+        cell.release()
+
     # --- activation and removal ------------------------------------------------------------------
+
+    def _new_cell(self, entity_id: str, factory: Callable[[], Actor]) -> Cell:
+        cell = self._system.new_cell(
+            name=entity_id,
+            kind=self.kind,
+            capacity=self._mailbox_size,
+            factory=factory,
+            parent=self.supervisor.cell,
+        )
+        cell.on_closed = self._on_closed
+        return cell
 
     def _activate(self, entity_id: str) -> Cell:
         with self._lock:
             current = self._live.get(entity_id)
             if current is not None and not current.closed:
                 return current  # another sender activated it first
-            cell = self._system.new_cell(
-                name=entity_id,
-                kind=self.kind,
-                capacity=self._mailbox_size,
-                factory=functools.partial(self._factory, entity_id),
-                parent=self.supervisor.cell,
-            )
-            cell.on_closed = self._on_closed
+            cell = self._new_cell(entity_id, functools.partial(self._factory, entity_id))
             # Adopted before anyone can release it: its supervisor must know it before it fails.
             self._system.launch(cell, release=False)
             self._live[entity_id] = cell
@@ -203,3 +229,15 @@ class EntityRegistry(Generic[A]):
     def close(self) -> None:
         """Stop sweeping (the system's shutdown stops the entities themselves)."""
         self._sweeps.cancel()
+
+
+def _first_then(
+    cell: Cell, first: Callable[[], Actor], then: Callable[[], Actor]
+) -> Callable[[], Actor]:
+    """A factory that builds with `first` once, then leaves `then` to every restart."""
+
+    def build_first() -> Actor:
+        cell.factory = then
+        return first()
+
+    return build_first

@@ -154,6 +154,11 @@ class Journal(Protocol):
         """The stream a name is bound to, or None."""
         ...
 
+    def resolve_known(self, name: str, namespace: str = ID_NAMESPACE) -> str | None:
+        """The stream a name is bound to if this process already knows it, without I/O (safe
+        on the event loop); None means "not known here", not "unbound": ask `resolve`."""
+        ...
+
     def heads(self, *, tags: Collection[str] | None = None) -> list[StreamHead]:
         """Every stream head, or only those whose tag is in `tags`."""
         ...

@@ -119,13 +119,14 @@ class Supervisor(Actor):
         self._terminate_children()
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, ChildFailed):
-            self._child_failed(message)
-        elif isinstance(message, Adopt):
+        # The frequent ones first: one Adopt and one ChildStopped per actor's life.
+        if isinstance(message, Adopt):
             if not message.cell.closed:
                 self._children[message.cell] = message.cell.incarnation
         elif isinstance(message, ChildStopped):
             self._children.pop(message.cell, None)
+        elif isinstance(message, ChildFailed):
+            self._child_failed(message)
         elif isinstance(message, RestartChild):
             return self._restart_on_request(message.cell)
         else:

@@ -69,7 +69,10 @@ class ActorSystem:
         self._urn_prefix = f"urn:payflowd:{uuid.uuid4().hex}:"
         self._urns = itertools.count(1)
         self._live: dict[Cell, None] = {}
-        self._live_changed = threading.Condition()
+        # Taken for every actor started and stopped: `with` on the bare lock is a C call, on the
+        # Condition two Python ones. Holding the lock is holding the Condition.
+        self._live_lock = threading.Lock()
+        self._live_changed = threading.Condition(self._live_lock)
         self._closing = False
         self._undo_current: Callable[[], None] = lambda: None
         self._owns_scheduler = scheduler is None
@@ -179,7 +182,7 @@ class ActorSystem:
     def launch(self, cell: Cell, *, adopted: bool = False, release: bool = True) -> None:
         """Track `cell`, have its parent adopt it (unless it already did), and schedule it
         (unless `release` is False: the caller releases it later)."""
-        with self._live_changed:
+        with self._live_lock:
             if self._closing:
                 raise pykka.ActorDeadError(f"actor system {self.name!r} is shutting down")
             self._live[cell] = None
@@ -194,7 +197,7 @@ class ActorSystem:
 
     def forget(self, cell: Cell) -> None:
         """A cell closed for good."""
-        with self._live_changed:
+        with self._live_lock:
             self._live.pop(cell, None)
             if not self._live:
                 self._live_changed.notify_all()

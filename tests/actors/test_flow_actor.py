@@ -3,8 +3,10 @@ provider and on Stripe's SDK against a real localstripe."""
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,7 @@ from actors.commands import (
     AttachBooking,
     Cancel,
     Created,
+    CreateFlow,
     ErrorFrame,
     Retry,
     SelectMethod,
@@ -20,9 +23,10 @@ from actors.commands import (
 )
 from actors.flow_actor import load_flow
 from actors.flow_view import status_view
-from actors.messages import ClientPresence
+from actors.messages import ClientCommand, ClientPresence
 from adapters.domain import DomainSettings
 from runtime.errors import AliasConflict, InvalidTransition, VersionConflict
+from runtime.journal import LoadedStream
 from tests.domain_harness import DECLINES, NEEDS_3DS, PAYS, Backend, Harness, running, wait_until
 from tests.localstripe import LocalStripe
 
@@ -247,3 +251,36 @@ def test_snapshots_ride_on_appends_and_a_reload_equals_the_live_flow(tmp_path: P
     with running(db, Backend(name="dummy")) as again:
         reloaded = load_flow(again.journal, flow_id)
         assert status_view(reloaded) == done
+
+
+def _create_new(h: Harness, flow_id: str, **fields: Any) -> object:
+    """A create as the application sends it: to the actor of a flow_id just made up."""
+    replies: queue.SimpleQueue[object] = queue.SimpleQueue()
+    command = CreateFlow(amount=4200, currency="eur", **fields)
+    h.domain.create(flow_id, ClientCommand(command=command, reply=replies.put))
+    return replies.get(timeout=10)
+
+
+def test_a_created_flow_reads_nothing_and_a_refused_create_leaves_no_actor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running(tmp_path / "journal.db", Backend(name="dummy")) as h:
+        loads: list[str] = []
+        load = h.journal.load
+
+        def counted_load(stream_id: str) -> LoadedStream | None:
+            loads.append(stream_id)
+            return load(stream_id)
+
+        monkeypatch.setattr(h.journal, "load", counted_load)
+        created = _create_new(h, "flow_new", pre_id="pre_new", idempotency_key="idem-new")
+        assert isinstance(created, Created)
+        assert (created.flow_id, created.version, created.state) == ("flow_new", 1, "PRE_BOOKING")
+        refused = _create_new(h, "flow_lost", idempotency_key="idem-new")
+        assert isinstance(refused, AliasConflict)
+        assert loads == []
+        wait_until(lambda: h.domain.flows.live_ids() == ["flow_new"], what="flow_lost gone")
+        assert h.journal.head("flow_lost") is None
+        ack = h.command(AttachBooking(id="flow_new", token=created.token, booking_id="bk_new"))
+        assert isinstance(ack, Ack)
+        assert ack.version == 2

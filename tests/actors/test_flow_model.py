@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
@@ -18,12 +19,15 @@ from actors.flow_core import (
     MethodSelected,
     PaymentFailed,
     Processing,
+    allowed_events,
     apply,
     attempt_for_selection,
     flow_from_snapshot,
     flow_to_snapshot,
     replay,
 )
+from actors.flow_model import _Changes
+from actors.flow_states import EventType
 from runtime.errors import Internal
 from tests.actors.flows import (
     SITUATIONS,
@@ -41,6 +45,7 @@ from tests.actors.flows import (
     requires_action,
     retry,
     select,
+    some_event,
     then,
 )
 
@@ -184,3 +189,59 @@ def test_challenge_then_failure_drops_next_action() -> None:
 def test_giving_up_after_a_recoverable_failure_drops_the_old_error() -> None:
     flow = then(processing(), fail(True), cancel)
     assert (flow.state, flow.error, flow.intent_id) == (FlowState.CANCELLED, None, "pi_1_3")
+
+
+# What each event may set besides state, version, updated_at and the state-bound next_action and
+# error: written out from the module docstring and DESIGN.md, not from the code.
+_E = EventType
+_MAY_SET: dict[EventType, set[str]] = {
+    _E.FLOW_CREATED: {"amount", "currency", "pre_id", "metadata", "created_at"},
+    _E.BOOKING_ATTACHED: {"booking_id"},
+    _E.METHOD_SELECTED: {
+        "payment_method",
+        "attempts",
+        "intent_id",
+        "client_secret",
+        "provider_status",
+    },
+    _E.INTENT_CREATED: {"intent_id", "client_secret", "provider_status"},
+    _E.SUBMITTED: set(),
+    _E.PROCESSING: {"provider_status"},
+    _E.ACTION_REQUIRED: {"provider_status"},
+    _E.PROVIDER_STATUS_CHANGED: {"provider_status"},
+    _E.PAYMENT_SUCCEEDED: {"provider_status"},
+    _E.PAYMENT_FAILED: {"provider_status"},
+    _E.RETRIED: {"payment_method", "intent_id", "client_secret", "provider_status"},
+    _E.CANCELLED: set(),
+    _E.EXPIRED: set(),
+}
+_ALWAYS = {"state", "version", "updated_at", "next_action", "error"}
+_ACCEPTED = [
+    (situation, event_type)
+    for situation, make in SITUATIONS.items()
+    for event_type in sorted(allowed_events(make()))
+]
+
+
+@pytest.mark.parametrize(
+    ("situation", "event_type"), _ACCEPTED, ids=[f"{s}-{e}" for s, e in _ACCEPTED]
+)
+def test_an_event_sets_only_its_own_fields_and_the_new_flow_is_whole(
+    situation: str, event_type: EventType
+) -> None:
+    # `apply` fills the new value's slots itself rather than through __init__: every field must
+    # be set (reading an unset slot raises) and equal to what __init__ would hold.
+    flow = SITUATIONS[situation]()
+    after = apply(flow, some_event(event_type, flow))
+    values = {f.name: getattr(after, f.name) for f in dataclasses.fields(Flow)}
+    assert Flow(**values) == after
+    untouched = set(values) - _MAY_SET[event_type] - _ALWAYS
+    assert {name: values[name] for name in untouched} == {
+        name: getattr(flow, name) for name in untouched
+    }
+
+
+def test_the_fields_an_event_can_set_are_the_flow_fields() -> None:
+    # A misspelt name here would be silently skipped when the new flow is filled in.
+    settable = {f.name for f in dataclasses.fields(Flow)} - {"flow_id"}
+    assert set(_Changes.__annotations__) == settable

@@ -269,3 +269,30 @@ def test_an_unanswered_reread_is_asked_again_and_a_stale_one_is_ignored() -> Non
     )
     late = ProviderResult(call=reread, intent=_intent("requires_confirmation"))
     assert fp.on_provider_result(paid, late, CTX) == fp.Decision()
+
+
+def test_a_decision_carries_the_flow_after_each_of_its_events() -> None:
+    # The shell takes the new versions from `steps` instead of applying the events again.
+    flow = _with_intent()
+    submitted = fp.decide(flow, Submit(id="f1", token=T), CTX)
+    assert submitted.steps == tuple(fp.versions(flow, submitted.events))
+    assert [step.version for step in submitted.steps] == [flow.version + 1]
+    (call,) = fp.pending_calls(submitted.steps[-1])
+    paid = _intent("succeeded")
+    outside = fp.on_observation(  # success seen from outside: processing, then succeeded
+        flow, ProviderObservation(intent_id="pi_1", status="succeeded"), CTX
+    )
+    assert [step.state for step in outside.steps] == [
+        FlowState.PAYMENT_PROCESSING,
+        FlowState.COMPLETED,
+    ]
+    assert outside.steps == tuple(fp.versions(flow, outside.events))
+    done = fp.on_provider_result(submitted.steps[-1], ProviderResult(call=call, intent=paid), CTX)
+    assert done.steps[-1].state is FlowState.COMPLETED
+    refused = fp.decide(flow, Submit(id="f1", token=T, expect_version=1), CTX)
+    assert (refused.events, refused.steps) == ((), ())
+
+
+def test_the_payment_policy_follows_the_configured_retry_limit() -> None:
+    limits = [fp.Context(now=1.0, retry_limit=n).payment_policy.retries for n in (0, 3, 0, 1)]
+    assert limits == [0, 3, 0, 1]

@@ -18,6 +18,21 @@ def test_first_join_and_last_leave_change_presence() -> None:
     assert rooms.leave("s2", "f") is None  # leaving twice changes nothing
 
 
+def test_a_flow_has_members_from_the_first_join_until_the_last_leave() -> None:
+    rooms: Rooms[str] = Rooms()
+    assert not rooms.has_members("f")
+    rooms.begin_join("s1", "f")
+    rooms.begin_join("s2", "f")
+    assert rooms.has_members("f")  # a catching-up member counts: it buffers statuses
+    rooms.leave("s1", "f")
+    assert rooms.has_members("f")
+    rooms.leave("s2", "f")
+    assert not rooms.has_members("f")
+    rooms.begin_join("s3", "f")
+    rooms.drop_session("s3")
+    assert not rooms.has_members("f")
+
+
 def test_dropping_a_session_empties_only_the_rooms_it_was_alone_in() -> None:
     rooms: Rooms[str] = Rooms()
     rooms.begin_join("s1", "a")

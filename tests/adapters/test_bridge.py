@@ -405,3 +405,52 @@ def test_send_is_safe_from_many_threads_and_keeps_each_threads_order() -> None:
             seen[frame["thread"]].append(frame["n"])
         assert all(numbers == list(range(100)) for numbers in seen.values())
         assert session.queued == 0
+
+
+def _push_from_a_thread(session: Session, frames: list[bytes], *, then_close: bool) -> None:
+    def push() -> None:
+        for frame in frames:
+            assert session.send(frame)
+        if then_close:
+            session.close()
+
+    pusher = threading.Thread(target=push)
+    pusher.start()
+    pusher.join(WAIT)
+
+
+def test_frames_from_another_thread_past_a_full_write_buffer_arrive_complete_and_in_order() -> None:
+    # Frames handed over from another thread are written straight from the loop callback while
+    # the write buffer has room; the rest wait in the queue. The peer reads nothing until all
+    # are sent, so both paths are taken, and their frames must interleave in order.
+    app = FlowApp()
+    limits = BridgeLimits(write_limit_bytes=4096, send_queue_frames=1_000, ping_interval=None)
+    with BridgeThread(app, limits) as running:
+        peer = RawPeer(running.bridge.port, receive_buffer=4096)
+        wait_until(lambda: len(app.sessions) == 1, "the session")
+        session = next(iter(app.sessions.values()))
+        sent = 0
+        for _ in range(200):  # until the kernel's buffers are full too and frames must wait
+            batch = [pack(type="status", n=n, note="x" * 2048) for n in range(sent, sent + 30)]
+            _push_from_a_thread(session, batch, then_close=False)
+            sent += 30
+            if session.queued > 0:
+                break
+        assert session.queued > 0, "the write buffer never filled"
+        _push_from_a_thread(session, [pack(type="status", n=sent)], then_close=True)
+        received, close = peer.read_until_close()
+        assert [unpack(frame)["n"] for frame in received] == list(range(sent + 1))
+        assert close.code == 1000
+        assert session.queued == 0
+
+
+def test_frames_from_another_thread_to_a_reading_client_arrive_and_leave_no_backlog() -> None:
+    app = FlowApp()
+    with BridgeThread(app, ROOMY) as running, client(running.url) as ws:
+        create(ws)
+        session = next(iter(app.sessions.values()))
+        for n in range(50):
+            _push_from_a_thread(session, [pack(type="status", n=n)], then_close=False)
+            assert unpack(ws.recv(timeout=WAIT))["n"] == n
+        assert session.queued == 0
+        assert ask(ws, type="leave", ref="after", id="flow_1")["ref"] == "after"

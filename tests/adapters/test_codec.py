@@ -38,6 +38,7 @@ from adapters.codec import (
     decode_request,
     encode,
     encode_error,
+    encode_reply,
     encode_request,
     encode_status,
     encode_status_reply,
@@ -456,6 +457,20 @@ def test_a_ready_mapping_is_sent_as_is_in_one_packb() -> None:
     frame = {"type": "status", **STATUS_VIEW, "error": {"code": "card_declined", "message": "x"}}
     assert encode(frame) == msgpack.packb(frame, use_bin_type=True)
     assert unwire(encode(MappingProxyType(frame))) == frame
+
+
+def test_encode_reply_stamps_the_ref_on_a_reply_or_a_view_and_leaves_the_original_as_is() -> None:
+    created = Created(ref=None, flow_id="flow_1", token="tok", state="PRE_BOOKING", version=1)
+    assert encode_reply(created, "c9") == encode(
+        Created(ref="c9", flow_id="flow_1", token="tok", state="PRE_BOOKING", version=1)
+    )
+    assert unwire(encode_reply(Ack(ref="other", flow_id="f", version=2), False))["ref"] is False
+    view = {**STATUS_VIEW, "type": "status"}
+    assert unwire(encode_reply(MappingProxyType(view), 7)) == {**view, "ref": 7}
+    assert "ref" not in view
+    assert created.ref is None
+    with pytest.raises(Internal):
+        encode_reply(Ack(flow_id="f", version=1), 2**64)
 
 
 def test_an_unencodable_value_is_our_bug_not_the_clients() -> None:

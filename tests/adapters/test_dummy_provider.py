@@ -100,9 +100,10 @@ def test_a_repeated_key_returns_the_same_intent_and_charges_once() -> None:
     run(scenario())
 
 
-def test_concurrent_repeats_of_a_key_share_one_answer() -> None:
+@pytest.mark.parametrize("latency", [0.0, 0.05])  # 0: answered without leaving the loop pass
+def test_concurrent_repeats_of_a_key_share_one_answer(latency: float) -> None:
     async def scenario() -> None:
-        async with dummy(latency=0.05, push_delay=None) as provider:
+        async with dummy(latency=latency, push_delay=None) as provider:
             answers = await asyncio.gather(*(create(provider, "same-key") for _ in range(3)))
             other = await create(provider, "other-key")
         assert answers[0] == answers[1] == answers[2]
@@ -168,10 +169,11 @@ def test_authenticate_outside_requires_action_is_rejected_and_changes_nothing() 
     run(scenario())
 
 
-def test_status_changes_are_pushed_to_the_sink_in_order() -> None:
+@pytest.mark.parametrize("push_delay", [0.0, 0.01])  # 0: every event is due at once
+def test_status_changes_are_pushed_to_the_sink_in_order(push_delay: float) -> None:
     async def scenario() -> None:
         sink = Collector()
-        async with dummy(push_delay=0.01) as provider:
+        async with dummy(push_delay=push_delay) as provider:
             provider.set_event_sink(sink)
             created = await create(provider, "k", "pm_card_threeDSecure2Required")
             await provider.confirm_intent(created.intent_id, idempotency_key="k:c")

@@ -6,11 +6,13 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import structlog
 
-from adapters.logging_setup import REDACTED, LineWriter, configure_logging
+from adapters.logging_setup import REDACTED, LineWriter, _shared_processors, configure_logging
+from adapters.metrics import Breach
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +83,76 @@ def test_the_daemon_configuration_drops_debug_and_keeps_info() -> None:
     assert [(line["event"], line["level"], line["logger"]) for line in lines] == [
         ("flow_created", "info", "test")
     ]
+
+
+class _Shown:
+    def __structlog__(self) -> str:
+        return "shown"
+
+
+class _Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+def test_lines_are_what_the_shared_processors_and_json_renderer_would_write() -> None:
+    """The direct path runs the shared processors in one call and renders with one prebuilt
+    encoder: same fields, same order, same text (the timestamp aside), redaction included."""
+    fields: dict[str, Any] = {
+        "flow_id": "f1",
+        "version": 3,
+        "ratio": 0.5,
+        "ok": True,
+        "none": None,
+        "level": "overwritten",
+        "state": Breach.ABOVE,
+        "client_secret": "pi_1_secret_2",
+        "detail": "key sk_test_51HxYz here",
+        "pair": ("whsec_abc", 1),
+        "nested": {"token": "t", "list": ["pft_x", {"api_key": "k"}], 7: "int key"},
+        "accent": "café ✓",
+        "shown": _Shown(),
+        "opaque": _Opaque(),
+    }
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    with structlog.contextvars.bound_contextvars(request_id="r1", bearer="sk_live_ctx"):
+        structlog.get_logger("test").bind(bound="b").warning("flow_event", **fields)
+        expected: Any = {"bound": "b", **fields, "event": "flow_event"}
+        for processor in _shared_processors():
+            expected = processor(_WriterLoggerStub(), "warning", expected)
+    written = stream.getvalue().strip()
+    rendered = str(structlog.processors.JSONRenderer()(None, "warning", expected))
+    assert _without_timestamp(written) == _without_timestamp(rendered)
+    for secret in ("sk_test_51HxYz", "sk_live_ctx", "whsec_abc", "pft_x", "pi_1_secret_2"):
+        assert secret not in written
+
+
+def test_an_exception_is_redacted_and_comes_last_as_with_the_shared_processors() -> None:
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    error = ValueError("rejected sk_test_999")
+    structlog.get_logger("test").error("call_failed", flow_id="f1", exc_info=error)
+    entry = json.loads(stream.getvalue().strip())
+    assert list(entry) == ["flow_id", "event", "level", "logger", "timestamp", "exception"]
+    assert "ValueError: rejected" in entry["exception"]
+    assert "sk_test_999" not in stream.getvalue()
+    assert entry["level"] == "error"
+
+
+def test_secret_named_keys_are_masked_however_many_keys_came_before() -> None:
+    """Key checks are memoised up to a bound; keys past it are still checked."""
+    many = {f"field_{i}": i for i in range(1500)}
+    entry = _log_one(**many, late_token="t", Authorization="Bearer x", visible="v")
+    assert entry["late_token"] == REDACTED
+    assert entry["Authorization"] == REDACTED
+    assert entry["visible"] == "v"
+    assert entry["field_1499"] == 1499
+
+
+class _WriterLoggerStub:
+    name = "test"
+
+
+def _without_timestamp(line: str) -> list[tuple[str, Any]]:
+    return [(key, value) for key, value in json.loads(line).items() if key != "timestamp"]

@@ -71,3 +71,20 @@ def test_a_closed_loop_refuses_and_a_new_batch_is_not_stuck() -> None:
         handoff.call(print)
     with pytest.raises(RuntimeError):  # refused again: the failed batch was not left pending
         handoff.call(print)
+
+
+def test_each_loop_keeps_its_own_handoff_when_callers_alternate_between_loops() -> None:
+    first, second = LoopThread("handoff-a"), LoopThread("handoff-b")
+    try:
+        handoffs = [handoff_for(loop) for loop in (first.loop, second.loop, first.loop)]
+        assert handoffs[0] is handoffs[2]
+        assert handoffs[0] is not handoffs[1]
+        ran_on: list[asyncio.AbstractEventLoop] = []
+        done = threading.Event()
+        handoff_for(second.loop).call(lambda: ran_on.append(asyncio.get_running_loop()))
+        handoff_for(second.loop).call(done.set)
+        assert done.wait(WAIT_S)
+        assert ran_on == [second.loop]
+    finally:
+        first.stop()
+        second.stop()

@@ -218,3 +218,37 @@ def test_every_threshold_of_the_seed_is_in_the_table() -> None:
         "errors_per_minute": (5.0, "above"),
         "recovery_success_ratio": (0.90, "below"),
     }
+
+
+def test_each_transition_pair_keeps_its_own_series_across_repeated_observations() -> None:
+    metrics = Metrics()
+    for _ in range(3):
+        metrics.observe_transition("PAYMENT_ACTIVE", "PAYMENT_PROCESSING", 0.2)
+    metrics.observe_transition("PAYMENT_PROCESSING", "COMPLETED", 30.0)
+    active = {"from_state": "PAYMENT_ACTIVE", "to_state": "PAYMENT_PROCESSING"}
+    done = {"from_state": "PAYMENT_PROCESSING", "to_state": "COMPLETED"}
+    assert value(metrics, "payflowd_transition_seconds_count", **active) == 3
+    assert value(metrics, "payflowd_transition_seconds_sum", **active) == pytest.approx(0.6)
+    assert value(metrics, "payflowd_transition_seconds_count", **done) == 1
+    assert value(metrics, "payflowd_transition_seconds_bucket", le="30.0", **done) == 1
+    assert value(metrics, "payflowd_transition_seconds_bucket", le="10.0", **done) == 0
+
+
+def test_a_threshold_crossed_from_many_threads_at_once_warns_once() -> None:
+    metrics = Metrics()
+    start = threading.Barrier(4)
+
+    def slow_transitions() -> None:
+        start.wait(timeout=10)
+        for _ in range(200):
+            metrics.observe_transition("PAYMENT_ACTIVE", "PAYMENT_PROCESSING", 6.0)
+
+    with capture_logs() as logs:
+        threads = [threading.Thread(target=slow_transitions) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert len(warnings(logs, "payflowd_transition_seconds")) == 1
+    active = {"from_state": "PAYMENT_ACTIVE", "to_state": "PAYMENT_PROCESSING"}
+    assert value(metrics, "payflowd_transition_seconds_count", **active) == 800

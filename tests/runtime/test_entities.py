@@ -14,6 +14,7 @@ import pytest
 
 from runtime.actor import Actor, Cell
 from runtime.entities import EntityRegistry
+from runtime.errors import Internal
 from runtime.system import ActorSystem
 from tests.runtime.test_actor import wait_until
 
@@ -123,6 +124,32 @@ def test_an_entity_can_veto_its_passivation(system: ActorSystem) -> None:
         wait_until(lambda: "idle" not in registry)
         assert "busy" in registry
     assert store.loads == 1 + 3  # "busy" was built once, "idle" each time
+
+
+class NewCounter(CounterEntity):
+    """A counter whose key was just made up: there is nothing to load."""
+
+    def __init__(self, store: Store, key: str) -> None:
+        Actor.__init__(self)
+        self.store, self.key = store, key
+        self.count = self.version = 0
+        self.busy = False
+
+
+def test_a_spawned_entity_starts_unloaded_and_restarts_from_the_store(
+    system: ActorSystem,
+) -> None:
+    store = Store()
+    registry = counters(system, store, idle_after=60)
+    registry.spawn("n1", 5, lambda key: NewCounter(store, key))
+    assert registry.ask("n1", "get") == Saved(count=5, version=1)
+    assert store.loads == 0
+    registry.tell("n1", "crash")
+    assert registry.ask("n1", 1) == Saved(count=6, version=2)  # the restart loaded count 5
+    assert store.loads == 1
+    with pytest.raises(Internal):
+        registry.spawn("n1", 1, lambda key: NewCounter(store, key))
+    assert registry.ask("n1", "get") == Saved(count=6, version=2)
 
 
 class SlowStop(CounterEntity):

@@ -349,6 +349,18 @@ def test_a_name_resolved_as_unknown_is_found_once_another_process_binds_it(
     assert journal.resolve("bk-late", IDEMPOTENCY_NAMESPACE) is None
 
 
+def test_resolve_known_answers_from_memory_only(journal: SQLiteJournal, db: Path) -> None:
+    """What the event loop may ask without I/O: names this journal bound or read, nothing else."""
+    journal.append(req("mine", 0, aliases=(Alias(name="pi_1", namespace="intent"),)))
+    assert journal.resolve_known("pi_1", "intent") == "mine"
+    assert journal.resolve_known("pi_1") is None  # another namespace
+    with SQLiteJournal(db) as other:  # bound by a second process: unknown here until read
+        other.append(req("theirs", 0, aliases=(Alias(name="pi_2", namespace="intent"),)))
+    assert journal.resolve_known("pi_2", "intent") is None
+    assert journal.resolve("pi_2", "intent") == "theirs"
+    assert journal.resolve_known("pi_2", "intent") == "theirs"
+
+
 def test_tag_counts_count_streams_by_their_latest_tag(journal: SQLiteJournal) -> None:
     assert journal.tag_counts() == {}
     journal.append(req("a", 0, tag="OPEN"))
