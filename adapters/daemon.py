@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -52,6 +53,10 @@ _METRICS_EVERY_S = 1.0
 _NOTIFY_SINCE_KEY = "notify_since"  # journal meta: when --notify-url was first used
 _RESTART_WAIT_S = 5.0  # how long `payflowctl restart` waits for a supervisor to answer
 _LOG_BATCH_S = 0.005  # info log lines are written in batches this far apart (logging_setup)
+# Cyclic GC: with CPython's default thresholds (700, 10, 10) a loaded daemon spent ~10% of its
+# CPU in collections, mostly full ones walking every live flow (payflow-bench, 200 clients:
+# 2.2 s of 21.5 s). Young generations are still collected often; full walks become rare.
+_GC_THRESHOLDS = (20_000, 50, 50)
 
 
 def _log() -> Any:
@@ -311,8 +316,15 @@ def _restart_flow(system: ActorSystem, domain: Domain, flow_id: str) -> list[str
 def run(settings: Settings) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; returns the exit status."""
     configure_logging(settings.log_format, batch_s=_LOG_BATCH_S)
+    _tune_gc()
     try:
         return asyncio.run(Daemon(settings).run())
     except ConfigError as exc:  # found only at start (e.g. another daemon took the socket)
         _log().error("daemon_start_refused", reason=str(exc))
         return 2
+
+
+def _tune_gc() -> None:
+    """Fewer collections, and none of them walking what was loaded at start (modules, code)."""
+    gc.set_threshold(*_GC_THRESHOLDS)
+    gc.freeze()
