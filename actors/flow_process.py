@@ -38,6 +38,8 @@ from actors.flow_core import (
     events_for_provider_status,
 )
 from actors.flow_decisions import (
+    KEEP,
+    NOTHING,
     CallLater,
     CancelExpiry,
     Context,
@@ -47,6 +49,7 @@ from actors.flow_decisions import (
     Publish,
     ReplyKind,
     ScheduleExpiry,
+    persisting,
     versions,
 )
 from actors.messages import (
@@ -187,13 +190,11 @@ def _persist(
 ) -> Decision:
     """Persist `events` (checked against the table now), then publish and act on the result."""
     if not events:
-        return Decision(reply=reply)
+        return NOTHING if reply is None else Decision(reply=reply)
     steps = tuple(versions(flow, events))
     after = steps[-1]
     effects = (_PUBLISH, *_consequences(flow, after), *pending_calls(after))
-    return Decision(
-        events=tuple(events), steps=steps, aliases=aliases, effects=effects, reply=reply
-    )
+    return persisting(tuple(events), steps, aliases, effects, reply)
 
 
 # Effects without fields are values: one instance each serves every decision.
@@ -226,22 +227,39 @@ def _watching(flow: Flow, terminal: bool) -> bool:
 
 def pending_calls(flow: Flow) -> tuple[ProviderCall, ...]:
     """The provider call this flow's persisted state is waiting for, if any."""
+    op = _awaited_op(flow)
+    if op is None:
+        return ()
+    if op is ProviderOp.CREATE_INTENT:
+        return (_create_call(flow, str(flow.payment_method)),)
+    return (_intent_call(flow, op, str(flow.intent_id)),)
+
+
+def _awaited_op(flow: Flow) -> ProviderOp | None:
+    """The op of `pending_calls(flow)`, without building the call: an answer only needs to be
+    matched against it (a create's call is on the intent-less flow, the others on its intent)."""
     if flow.state is _S.PAYMENT_ACTIVE and flow.intent_id is None and flow.payment_method:
-        return (_create_call(flow, flow.payment_method),)
+        return ProviderOp.CREATE_INTENT
     confirming = flow.provider_status == IntentStatus.REQUIRES_CONFIRMATION
     if flow.state is _S.PAYMENT_PROCESSING and flow.intent_id is not None and confirming:
-        return (_intent_call(flow, ProviderOp.CONFIRM_INTENT, flow.intent_id),)
+        return ProviderOp.CONFIRM_INTENT
     ended = flow.state in (_S.CANCELLED, _S.EXPIRED)
     if ended and flow.intent_id is not None and flow.provider_status in CANCELLABLE:
-        return (_intent_call(flow, ProviderOp.CANCEL_INTENT, flow.intent_id),)
-    return ()
+        return ProviderOp.CANCEL_INTENT
+    return None
+
+
+def _idempotency_key(flow: Flow, op: ProviderOp) -> str:
+    if op is ProviderOp.CREATE_INTENT:
+        return f"{flow.flow_id}:create_intent:{flow.attempts}:{flow.version}"
+    return f"{flow.flow_id}:{op.value}:{flow.attempts}"
 
 
 def _create_call(flow: Flow, payment_method: str) -> ProviderCall:
     return ProviderCall(
         op=ProviderOp.CREATE_INTENT,
         flow_id=flow.flow_id,
-        idempotency_key=f"{flow.flow_id}:create_intent:{flow.attempts}:{flow.version}",
+        idempotency_key=_idempotency_key(flow, ProviderOp.CREATE_INTENT),
         amount=flow.amount,
         currency=flow.currency,
         payment_method=payment_method,
@@ -254,27 +272,27 @@ def _intent_call(flow: Flow, op: ProviderOp, intent_id: str) -> ProviderCall:
         op=op,
         flow_id=flow.flow_id,
         intent_id=intent_id,
-        idempotency_key=f"{flow.flow_id}:{op.value}:{flow.attempts}",
+        idempotency_key=_idempotency_key(flow, op),
     )
 
 
 def is_pending(flow: Flow, call: ProviderCall) -> bool:
     """Whether `call` is still what the flow waits for (not superseded by a newer decision)."""
-    return _among(pending_calls(flow), call)
-
-
-def _among(pending: Sequence[ProviderCall], call: ProviderCall) -> bool:
-    return any(p.idempotency_key == call.idempotency_key for p in pending)
+    op = _awaited_op(flow)
+    return op is not None and call.idempotency_key == _idempotency_key(flow, op)
 
 
 def on_provider_result(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
     """What the answer to one of this flow's provider calls changes."""
     call = result.call
-    pending = pending_calls(flow)
-    awaited = _among(pending, call) or _rereads_refused_confirm(pending, call)
+    op = _awaited_op(flow)
+    awaited = op is not None and (
+        call.idempotency_key == _idempotency_key(flow, op)
+        or _rereads_refused_confirm(flow, op, call)
+    )
     if isinstance(result.error, ProviderUnavailable):
         retry = CallLater(call=call, delay=ctx.call_retry_delay)
-        return Decision(effects=(retry,)) if awaited else Decision()
+        return Decision(effects=(retry,)) if awaited else NOTHING
     if call.op is ProviderOp.CREATE_INTENT and awaited:
         return _intent_created(flow, result, ctx)
     if call.op is ProviderOp.CONFIRM_INTENT:
@@ -282,7 +300,7 @@ def on_provider_result(flow: Flow, result: ProviderResult, ctx: Context) -> Deci
         return _confirmed(flow, result, ctx, pending=awaited)
     if call.op is ProviderOp.RETRIEVE_INTENT and awaited:
         return _reread_after_refused_confirm(flow, result, ctx)
-    return Decision()  # a stale create or re-read, a cancel (the flow already ended)
+    return NOTHING  # a stale create or re-read, a cancel (the flow already ended)
 
 
 def _intent_created(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
@@ -302,7 +320,7 @@ def _confirmed(flow: Flow, result: ProviderResult, ctx: Context, *, pending: boo
     intent = result.intent
     if intent is None:
         if not pending:
-            return Decision()
+            return NOTHING
         # The provider refused to confirm. When the customer already confirmed with Stripe.js
         # (as Stripe recommends for cards), the intent has moved on and the refusal is no
         # failure: the money may be taken. Re-read the intent before deciding anything.
@@ -311,11 +329,13 @@ def _confirmed(flow: Flow, result: ProviderResult, ctx: Context, *, pending: boo
     return _persist(flow, _status_events(flow, intent.status, intent=intent, ctx=ctx))
 
 
-def _rereads_refused_confirm(pending: Sequence[ProviderCall], call: ProviderCall) -> bool:
+def _rereads_refused_confirm(flow: Flow, awaited: ProviderOp, call: ProviderCall) -> bool:
     """Whether `call` is the re-read `_confirmed` asked for and the confirm is still awaited
-    (`pending`: the flow's `pending_calls`)."""
-    return call.op is ProviderOp.RETRIEVE_INTENT and any(
-        p.op is ProviderOp.CONFIRM_INTENT and p.intent_id == call.intent_id for p in pending
+    (`awaited`: the op of the flow's `pending_calls`)."""
+    return (
+        call.op is ProviderOp.RETRIEVE_INTENT
+        and awaited is ProviderOp.CONFIRM_INTENT
+        and flow.intent_id == call.intent_id
     )
 
 
@@ -369,9 +389,9 @@ def on_observation(flow: Flow, observation: ProviderObservation, ctx: Context) -
 def on_presence(flow: Flow, attached: bool, ctx: Context) -> Decision:
     """The first client joined (keep the flow) or the last one left (start the window)."""
     if attached:
-        return Decision(effects=(CancelExpiry(),))
+        return KEEP
     if flow.is_terminal or flow.state is _S.INITIAL:
-        return Decision()
+        return NOTHING
     return Decision(effects=(ScheduleExpiry(delay=ctx.preserve_window),))
 
 
@@ -379,7 +399,7 @@ def on_expiry(flow: Flow, ctx: Context) -> Decision:
     """The preservation window ran out with no client: expire a flow that has not started paying;
     one that is paying keeps being tracked, and is looked at again one window later."""
     if flow.is_terminal or flow.state is _S.INITIAL:
-        return Decision()
+        return NOTHING
     if flow.state not in EXPIRABLE:
         return Decision(effects=(ScheduleExpiry(delay=ctx.preserve_window),))
     return _persist(flow, [Expired(at=ctx.now)])

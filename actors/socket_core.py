@@ -42,12 +42,6 @@ class _Member(Generic[F]):
     buffered: list[tuple[int, F]] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Delivery(Generic[F]):
-    session_id: str
-    frame: F
-
-
 class Rooms(Generic[F]):
     """flow_id -> the sessions joined to it, and for each the versions it has been sent."""
 
@@ -106,17 +100,22 @@ class Rooms(Generic[F]):
 
     # --- fan-out ---------------------------------------------------------------------------------
 
-    def deliver(self, flow_id: str, version: int, frame: F) -> list[Delivery[F]]:
-        """Who gets this status now. Catching-up members buffer it; live members get it only
-        if it is newer than what they have (a replayed or late status is never sent twice)."""
-        deliveries: list[Delivery[F]] = []
-        for session_id, member in self._rooms.get(flow_id, {}).items():
+    def deliver(self, flow_id: str, version: int, frame: F) -> list[str]:
+        """The sessions to send this status to now (every one gets the same `frame`, so only
+        their ids are returned: no object per delivery, on every status's path).
+        Catching-up members buffer it; live members get it only if it is newer than what they
+        have (a replayed or late status is never sent twice)."""
+        recipients: list[str] = []
+        room = self._rooms.get(flow_id)
+        if room is None:
+            return recipients
+        for session_id, member in room.items():
             if member.catching_up:
                 member.buffered.append((version, frame))
             elif version > member.last_version:
                 member.last_version = version
-                deliveries.append(Delivery(session_id=session_id, frame=frame))
-        return deliveries
+                recipients.append(session_id)
+        return recipients
 
     # --- reading ---------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import pykka
 
@@ -131,6 +131,11 @@ class _RoomSize:
     flow_id: str
 
 
+# Immutable, so one of each is shared by every flow (two presence changes per watched flow).
+_ATTACHED: Final = ClientPresence(attached=True)
+_DETACHED: Final = ClientPresence(attached=False)
+
+
 class SocketManagerActor(Actor):
     """Owns `Rooms` and the session objects; see the module docstring."""
 
@@ -144,9 +149,7 @@ class SocketManagerActor(Actor):
     def on_receive(self, message: Any) -> Any:  # noqa: PLR0911 (one branch per message type)
         match message:
             case _PublishBatch(published=published):
-                for flow_id, view in published.take():
-                    self._publish(flow_id, view)
-                return None
+                return self._publish(published.take())
             case _BeginJoin(session=session, flow_id=flow_id):
                 self._sessions.setdefault(session.id, (session, ""))
                 return self._presence(self._rooms.begin_join(session.id, flow_id))
@@ -170,15 +173,17 @@ class SocketManagerActor(Actor):
                 return len(self._rooms.members(flow_id))
         return super().on_receive(message)
 
-    def _publish(self, flow_id: str, view: Mapping[str, Any]) -> None:
-        if not self._rooms.has_members(flow_id):
-            return  # nobody watches: do not even encode
-        frame = self._encode(view)
-        sessions = self._sessions
-        for delivery in self._rooms.deliver(flow_id, int(view["version"]), frame):
-            entry = sessions.get(delivery.session_id)
-            if entry is not None:
-                entry[0].send(frame)
+    def _publish(self, views: list[tuple[str, Mapping[str, Any]]]) -> None:
+        # One loop for the whole batch with its lookups bound once: it runs for every status.
+        rooms, sessions, encode = self._rooms, self._sessions, self._encode
+        for flow_id, view in views:
+            if not rooms.has_members(flow_id):
+                continue  # nobody watches: do not even encode
+            frame = encode(view)
+            for session_id in rooms.deliver(flow_id, int(view["version"]), frame):
+                entry = sessions.get(session_id)
+                if entry is not None:
+                    entry[0].send(frame)
 
     def _send(self, session_id: str, frames: list[bytes]) -> None:
         entry = self._sessions.get(session_id)
@@ -189,7 +194,7 @@ class SocketManagerActor(Actor):
 
     def _presence(self, change: Presence | None) -> None:
         if change is not None:
-            self._tell_flow(change.flow_id, ClientPresence(attached=change.attached))
+            self._tell_flow(change.flow_id, _ATTACHED if change.attached else _DETACHED)
 
     def _session_infos(self) -> list[SessionInfo]:
         return [
@@ -210,6 +215,7 @@ class SocketManager:
     def __init__(self, ref: Ref[SocketManagerActor]) -> None:
         self.ref = ref
         self._published = _Published()
+        self._post = ref.cell.post_unbounded  # a ref keeps its cell for life: bound once
 
     def publish(self, flow_id: str, view: Mapping[str, Any]) -> None:
         if self._published.add(flow_id, view):
@@ -248,4 +254,4 @@ class SocketManager:
         # fail the flow that publishes after persisting, or leak a closed session in its rooms:
         # with 10,000 flows in flight the bound was reached and flows crashed (payflow-bench).
         with contextlib.suppress(pykka.ActorDeadError):  # stopping: nobody is left to send to
-            self.ref.cell.post_unbounded(message)
+            self._post(message)

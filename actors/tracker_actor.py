@@ -56,7 +56,7 @@ class TrackerActor(Actor):
         super().__init__()
         self.flow_id = flow_id
         self._deps = deps
-        self.tracker = tc.Tracker(push_healthy=deps.push_healthy())
+        self.tracker = tc.idle(push_healthy=deps.push_healthy())
         self._timer: TimerHandle | None = None
         self._generation = 0
         self._polling = False

@@ -84,8 +84,17 @@ def track(tracker: Tracker, intent_id: str, status: str | None) -> Tracker:
     return Tracker(intent_id=intent_id, status=status, push_healthy=tracker.push_healthy)
 
 
+def idle(*, push_healthy: bool) -> Tracker:
+    """A tracker tracking nothing. Values, so one of each serves every flow's tracker."""
+    return _IDLE_HEALTHY if push_healthy else _IDLE_UNHEALTHY
+
+
+_IDLE_HEALTHY = Tracker(push_healthy=True)
+_IDLE_UNHEALTHY = Tracker(push_healthy=False)
+
+
 def stop(tracker: Tracker) -> Tracker:
-    return Tracker(push_healthy=tracker.push_healthy)
+    return idle(push_healthy=tracker.push_healthy)
 
 
 def ingest(tracker: Tracker, report: Report) -> tuple[Tracker, Report | None]:
@@ -98,7 +107,16 @@ def ingest(tracker: Tracker, report: Report) -> tuple[Tracker, Report | None]:
             return tracker, None
     if report.created < tracker.created or not _forward(tracker, report):
         return tracker, None
-    applied = replace(tracker, status=report.status, created=report.created, quiet_polls=0)
+    # Built field by field: `dataclasses.replace` walks `fields()` on every call, and every
+    # status a flow's tracker forwards comes through here.
+    applied = Tracker(
+        intent_id=tracker.intent_id,
+        status=report.status,
+        created=report.created,
+        seen=tracker.seen,
+        quiet_polls=0,
+        push_healthy=tracker.push_healthy,
+    )
     return applied, report
 
 
@@ -106,7 +124,16 @@ def remember(tracker: Tracker, event_id: str) -> tuple[Tracker, bool]:
     """Note a pushed event id; False if it was seen before (a duplicate delivery)."""
     if event_id in tracker.seen:
         return tracker, False
-    return replace(tracker, seen=(*tracker.seen, event_id)[-SEEN_EVENTS_KEPT:]), True
+    seen = (*tracker.seen, event_id)[-SEEN_EVENTS_KEPT:]
+    remembered = Tracker(
+        intent_id=tracker.intent_id,
+        status=tracker.status,
+        created=tracker.created,
+        seen=seen,
+        quiet_polls=tracker.quiet_polls,
+        push_healthy=tracker.push_healthy,
+    )
+    return remembered, True
 
 
 def _forward(tracker: Tracker, report: Report) -> bool:

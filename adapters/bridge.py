@@ -246,22 +246,16 @@ class Bridge:
     # --- one request ------------------------------------------------------------------------
 
     async def _answer(self, session: Session, message: bytes | str, bucket: TokenBucket) -> bytes:
-        """The encoded reply to one message: exactly one frame, whatever the message was."""
-        command: Command | None = None
-        rejected: FrameRejected | None = None
+        """The encoded reply to one message: exactly one frame, whatever the message was.
+
+        One coroutine for decoding, the rate limit and the handler: every coroutine level costs
+        a frame to make and another to pass through each time the request resumes."""
         try:
             command = decode_request(message)
-        except FrameRejected as error:
-            rejected = error
-        ref = command.ref if command is not None else getattr(rejected, "ref", None)
+        except FrameRejected as rejected:
+            return encode_error(rejected.ref, rejected if bucket.take() else _over_rate())
         if not bucket.take():
-            return encode_error(ref, Overloaded("request rate limit exceeded, slow down"))
-        if command is None:
-            assert rejected is not None
-            return encode_error(ref, rejected)
-        return await self._call_handler(session, command)
-
-    async def _call_handler(self, session: Session, command: Command) -> bytes:
+            return encode_error(command.ref, _over_rate())
         try:
             return encode_reply(await self._handler.handle(session, command), command.ref)
         except PayflowError as error:
@@ -274,3 +268,7 @@ class Bridge:
             # Never the request itself in the log: it may carry a token or an API key.
             _log().error("request_failed", session_id=session.id, type=command.TYPE, exc_info=True)
             return encode_error(command.ref, Internal("internal error"))
+
+
+def _over_rate() -> Overloaded:
+    return Overloaded("request rate limit exceeded, slow down")

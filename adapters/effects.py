@@ -16,7 +16,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import structlog
@@ -94,16 +94,20 @@ class ProviderEffects:
         self._handoff.call(self._start, call, reply_to)
 
     def _start(self, call: ProviderCall, reply_to: Tellable) -> None:
-        task = self._loop.create_task(self._run(call, reply_to))
-        self._running.add(task)  # also keeps the task referenced until it is done
-        task.add_done_callback(self._running.discard)
+        # The set keeps the task referenced until it is done (the loop holds tasks weakly). The
+        # task takes itself out at its end: a done callback would cost a pass of the loop per call.
+        self._running.add(self._loop.create_task(self._run(call, reply_to)))
 
     @property
     def in_flight(self) -> int:
+        """Calls started and not yet answered (one cancelled before it ran stays counted)."""
         return len(self._running)
 
     async def _run(self, call: ProviderCall, reply_to: Tellable) -> None:
-        result = await self.execute(call)
+        try:
+            result = await self.execute(call)
+        finally:
+            self._running.discard(asyncio.current_task())
         try:
             reply_to.tell(result)
         except Exception:  # noqa: BLE001 - the actor is gone or full; it re-derives on load
@@ -123,7 +127,7 @@ class ProviderEffects:
     async def _once(self, call: ProviderCall) -> ProviderResult:
         started = time.monotonic()
         try:
-            intent = await self._invoke(call)
+            intent = await self._request(call)
         except PayflowError as error:
             self._record(call, started, "unavailable" if error.retryable else "rejected")
             return ProviderResult(call=call, error=error)
@@ -139,15 +143,17 @@ class ProviderEffects:
         if self._on_latency is not None:
             self._on_latency(call.op.value, time.monotonic() - started, outcome)
 
-    async def _invoke(self, call: ProviderCall) -> Intent:
+    def _request(self, call: ProviderCall) -> Awaitable[Intent]:
+        """The provider's awaitable for `call` (a plain function: no coroutine of its own to
+        wrap the provider's). Raises `Internal` for a call the flow should never have built."""
         provider = self._provider
         if call.op is ProviderOp.RETRIEVE_INTENT:
-            return await provider.retrieve_intent(_intent_id(call))
+            return provider.retrieve_intent(_intent_id(call))
         key = call.idempotency_key
         if not key:
             raise Internal(f"{call.op.value} without an idempotency key")
         if call.op is ProviderOp.CREATE_INTENT:
-            return await provider.create_intent(
+            return provider.create_intent(
                 amount=int(call.amount or 0),
                 currency=str(call.currency),
                 payment_method=str(call.payment_method),
@@ -155,8 +161,8 @@ class ProviderEffects:
                 idempotency_key=key,
             )
         if call.op is ProviderOp.CONFIRM_INTENT:
-            return await provider.confirm_intent(_intent_id(call), idempotency_key=key)
-        return await provider.cancel_intent(_intent_id(call), idempotency_key=key)
+            return provider.confirm_intent(_intent_id(call), idempotency_key=key)
+        return provider.cancel_intent(_intent_id(call), idempotency_key=key)
 
 
 def _intent_id(call: ProviderCall) -> str:

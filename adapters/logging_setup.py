@@ -23,7 +23,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -182,8 +182,66 @@ def own_event(
     structlog.contextvars.merge_contextvars(logger, method_name, event_dict)
     redact_secrets(logger, method_name, event_dict)
     event_dict["level"] = _LEVEL_OF_METHOD.get(method_name, method_name)
-    event_dict["logger"] = _scrub(logger.name)
+    event_dict["logger"] = _scrubbed_name(logger.name)
     return utc_timestamp(logger, method_name, event_dict)
+
+
+# Logger names come from code (module names): a few dozen, each scrubbed once.
+_NAME_MEMO: dict[str, Any] = {}
+
+
+def _scrubbed_name(name: Any) -> Any:
+    scrubbed = _NAME_MEMO.get(name) if name.__class__ is str else None
+    if scrubbed is None:
+        scrubbed = _scrub(name)
+        if name.__class__ is str and len(_NAME_MEMO) < _SECRET_KEY_MEMO_MAX:
+            _NAME_MEMO[name] = scrubbed
+    return scrubbed
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS |= {"error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+def _direct_method(name: str) -> Callable[..., Any]:
+    """A bound logger's `name` method running the processors itself: structlog's goes through
+    three more calls and two more copies of the keywords per line (`meth`, `_proxy_to_logger`,
+    `_process_event`), a visible share of a flow's CPU. Same event dict, same processors, same
+    outcome (DropEvent drops the line); `%`-style arguments take structlog's own path."""
+
+    def method(self: Any, event: str, *args: Any, **kw: Any) -> Any:
+        if args:
+            return getattr(super(self.__class__, self), name)(event, *args, **kw)
+        event_dict: Any = {**self._context, **kw}
+        event_dict["event"] = event
+        logger = self._logger
+        try:
+            for processor in self._processors:
+                event_dict = processor(logger, name, event_dict)
+        except structlog.DropEvent:
+            return None
+        if isinstance(event_dict, str | bytes | bytearray):
+            return getattr(logger, name)(event_dict)
+        if isinstance(event_dict, tuple):
+            return getattr(logger, name)(*event_dict[0], **event_dict[1])
+        return getattr(logger, name)(**event_dict)  # a dict: structlog's own convention
+
+    method.__name__ = name
+    return method
+
+
+def direct_bound_logger(level: int) -> type[Any]:
+    """`structlog.make_filtering_bound_logger(level)` with `_direct_method`s for the levels it
+    lets through (those below `level` stay structlog's no-ops)."""
+    base = structlog.make_filtering_bound_logger(level)
+    methods = {name: _direct_method(name) for name, at in _LEVELS.items() if at >= level}
+    if "info" in methods:
+        methods["msg"] = methods["info"]
+    if "warning" in methods:
+        methods["warn"] = methods["warning"]
+    if "critical" in methods:
+        methods["fatal"] = methods["critical"]
+    return type(f"Direct{base.__name__}", (base,), methods)
 
 
 class LineWriter:
@@ -273,7 +331,7 @@ def configure_logging(
     structlog.configure(
         processors=[own_event, renderer],
         logger_factory=lambda name="", *_args: _WriterLogger(str(name), writer),
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        wrapper_class=direct_bound_logger(level),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(

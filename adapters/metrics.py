@@ -84,16 +84,22 @@ class ThresholdWatch:
 
     def __init__(self, thresholds: Mapping[str, Threshold] = THRESHOLDS) -> None:
         self._thresholds = thresholds
+        # name -> (limit, breached when above): checked on every flow step, so without the
+        # enum comparison and method call of `Threshold.breached_by`.
+        self._lines = {name: (t.limit, t.breach is Breach.ABOVE) for name, t in thresholds.items()}
         self._crossed: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def check(self, name: str, value: float, *, subject: str = "") -> None:
         """Log when `value` crosses `name`'s line or comes back; `subject` keeps labels apart."""
-        threshold = self._thresholds[name]
+        limit, above = self._lines[name]
+        breached = value > limit if above else value < limit
+        if not (breached or self._crossed):
+            return  # healthy and nothing crossed: the usual case, no key built
         key = (name, subject)
-        breached = threshold.breached_by(value)
         if breached == (key in self._crossed):
-            return  # no change: the usual case, decided without the lock (a set read is atomic)
+            return  # no change, decided without the lock (a set read is atomic)
+        threshold = self._thresholds[name]
         with self._lock:
             changed = breached != (key in self._crossed)  # again: another thread may have won
             if changed:
@@ -137,6 +143,7 @@ class Metrics:
         self._recoveries: dict[str, tuple[int, int]] = {}
         self._flow_states: set[str] = set()
         self._transition_observers: dict[tuple[str, str], Callable[[float], None]] = {}
+        self._provider_observers: dict[tuple[str, str], Callable[[float], None]] = {}
         self._register()
         for kind in recovery_kinds:
             self._recovery_attempts.labels(kind=kind)
@@ -242,7 +249,12 @@ class Metrics:
         return successes / attempts if attempts else None
 
     def provider_call(self, op: str, outcome: str, seconds: float) -> None:
-        self._provider.labels(operation=op, outcome=outcome).observe(seconds)
+        # Every provider call lands here: each pair's child is looked up once, as above.
+        observe = self._provider_observers.get((op, outcome))
+        if observe is None:
+            child = self._provider.labels(operation=op, outcome=outcome)
+            observe = self._provider_observers[(op, outcome)] = child.observe
+        observe(seconds)
 
     def set_flows(self, counts: Mapping[str, int]) -> None:
         """Replace the per-state flow counts; a state missing from `counts` now has none."""

@@ -16,14 +16,17 @@ any thread and must never block or let memory grow with a client that does not r
   by the inbox move for frames from other threads. The common case costs no task wake-up.
   Otherwise it waits in the queue, which one writer task per session sends in order, waiting for
   the buffer to drain (backpressure) before each frame that does not fit.
+- A direct write frames the message itself and hands the transport ONE write for every frame of
+  an inbox batch (see `_wire`): a status burst to one client costs one send(2), not one per frame.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
@@ -78,8 +81,8 @@ class _Verdict(Enum):
 class Session:
     """A connected client: `id`, `remote`, `send`, `close`, and room for application state.
 
-    `joined` and `data` belong to the application (the bridge never reads them); touch them from
-    the loop thread only. `send` and `close` are safe from any thread.
+    `joined`, `verified` and `data` belong to the application (the bridge never reads them);
+    touch them from the loop thread only. `send` and `close` are safe from any thread.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class Session:
         self.id: str = connection.id.hex
         self.remote: Any = connection.remote_address
         self.joined: set[str] = set()
+        self.verified: set[tuple[str, str]] = set()  # (flow_id, token) pairs found to match
         self.data: dict[str, Any] = {}
         self.close_code: int | None = None
         self.close_reason: str = ""
@@ -128,12 +132,12 @@ class Session:
         on_loop = threading.get_ident() == self._loop_thread
         verdict = self._admit(frame, on_loop=on_loop)
         if verdict is _Verdict.DIRECT:
-            return self._write_now(frame)
+            return self._write_now((frame,))
         if verdict is _Verdict.QUEUED:
             self._queue.append(frame)
             self._wakeup.set()
         elif verdict is _Verdict.INBOX_FIRST:
-            return self._call_on_loop(self._move_inbox, on_loop=False)
+            return self._call_on_loop(self._move_inbox_soon, on_loop=False)
         elif verdict is _Verdict.OVERFLOW:
             self._call_on_loop(self._cut_off, on_loop=on_loop)
         return verdict not in (_Verdict.REFUSED, _Verdict.OVERFLOW)
@@ -222,6 +226,13 @@ class Session:
             return False
         return True
 
+    def _move_inbox_soon(self) -> None:
+        # Run from a handoff batch, which may also hold the answer to a request of this session:
+        # setting it resumes the request's task with call_soon, and that task writes the reply.
+        # Moving the frames with call_soon too puts them after it, so a command's `ack` is
+        # written before the statuses the command caused.
+        self._loop.call_soon(self._move_inbox)
+
     def _move_inbox(self) -> None:
         with self._lock:
             frames, self._inbox = self._inbox, []
@@ -234,18 +245,27 @@ class Session:
             self._wakeup.set()
 
     def _write_while_room(self, frames: list[bytes]) -> list[bytes]:
-        """Write frames in order while the buffer has room; the ones left, still counted.
+        """Write the leading frames that fit in the buffer, in one write; the ones left, still
+        counted. Counted as if the kernel took none of them, so the buffer never grows past
+        `write_limit` by more than the last frame, as when they were written one by one.
 
         Safe while the writer is parked in `drain()`: its frame is already in the buffer."""
-        written = 0
+        room = self._write_limit - self._connection.transport.get_write_buffer_size()
+        fitting = 0
         for frame in frames:
-            if not (self._has_room() and self._write_now(frame)):
+            if room <= 0:
                 break
-            written += 1
-        if written:
-            with self._lock:
-                self._backlog -= written
-        return frames[written:] if written else frames
+            room -= len(frame)
+            fitting += 1
+        if fitting == 0:
+            return frames
+        with self._lock:  # uncounted before the write: a peer may read them before it returns
+            self._backlog -= fitting
+        if self._write_now(frames[:fitting]):
+            return frames[fitting:]
+        with self._lock:  # not written: they wait in the queue, counted again
+            self._backlog += fitting
+        return frames
 
     async def _write_queue(self) -> None:
         try:
@@ -256,7 +276,7 @@ class Session:
                     frame = self._queue.popleft()
                     with self._lock:
                         self._backlog -= 1
-                    if not (self._has_room() and self._write_now(frame)):
+                    if not (self._has_room() and self._write_now((frame,))):
                         await self._connection.send(frame)  # waits for the buffer to drain
                 if self._close_request is not None:
                     await self._connection.close(*self._close_request)
@@ -267,15 +287,21 @@ class Session:
     def _has_room(self) -> bool:
         return self._connection.transport.get_write_buffer_size() < self._write_limit
 
-    def _write_now(self, frame: bytes) -> bool:
-        """Write without waiting, as websockets.broadcast does; False if the connection is not
-        open (the frame is dropped with the connection)."""
+    def _write_now(self, frames: Sequence[bytes]) -> bool:
+        """Write binary messages without waiting, as websockets.broadcast does; False if the
+        connection is not open (the frames are dropped with the connection)."""
         connection = self._connection
-        if connection.protocol.state is not State.OPEN or connection.send_in_progress:
+        protocol = connection.protocol
+        if protocol.state is not State.OPEN or connection.send_in_progress:
             return False
         try:
-            connection.protocol.send_binary(frame)
-            connection.send_data()
+            if protocol.extensions or protocol.writes:
+                # Compression frames differently; bytes websockets has not flushed go first.
+                for frame in frames:
+                    protocol.send_binary(frame)
+                connection.send_data()
+            else:
+                connection.transport.write(_wire(frames))
         except Exception:  # noqa: BLE001 - what broadcast does too: a failed write ends the peer
             _log().warning("session_write_failed", session_id=self.id, exc_info=True)
             return False
@@ -313,6 +339,33 @@ class Session:
             self._abort_timer = self._loop.call_later(
                 self._close_timeout, self._connection.transport.abort
             )
+
+
+_HEAD_16 = struct.Struct("!BBH")
+_HEAD_64 = struct.Struct("!BBQ")
+_FIN_BINARY = 0x82  # FIN bit + opcode 2: a whole binary message in one frame
+
+
+def _wire(frames: Sequence[bytes]) -> bytes:
+    """The frames as websockets' `send_binary` serializes them on a server without extensions
+    (unmasked, unfragmented), joined for one transport write. Framed here rather than through
+    websockets' Frame objects: a Frame, its check and its BytesIO cost more than the bytes."""
+    if len(frames) == 1:
+        frame = frames[0]
+        return _header(len(frame)) + frame
+    parts: list[bytes] = []
+    for frame in frames:
+        parts.append(_header(len(frame)))
+        parts.append(frame)
+    return b"".join(parts)
+
+
+def _header(length: int) -> bytes:
+    if length < 126:
+        return bytes((_FIN_BINARY, length))
+    if length < 65536:
+        return _HEAD_16.pack(_FIN_BINARY, 126, length)
+    return _HEAD_64.pack(_FIN_BINARY, 127, length)
 
 
 def _how_it_closed(connection: ServerConnection) -> tuple[int, str]:

@@ -91,6 +91,7 @@ class Cell(Mailbox):
         "actor",
         "explicit_capacity",
         "factory",
+        "first_factory",
         "incarnation",
         "kind",
         "last_active",
@@ -123,6 +124,7 @@ class Cell(Mailbox):
         self.kind = kind
         self.explicit_capacity = capacity is not None
         self.factory = factory
+        self.first_factory: Callable[[], Actor] | None = None  # builds only the first incarnation
         self.parent = parent
         self.actor: Actor | None = None
         self.stopped = _StopFlag()
@@ -241,14 +243,15 @@ class Cell(Mailbox):
             self.state = RUNNING
 
     def _build(self) -> Actor:
-        if self.factory is None:
+        factory, self.first_factory = self.first_factory or self.factory, None
+        if factory is None:
             raise Internal(f"{self.name!r} has no factory to build it from")
         token = ADOPTING.set(self)
         # A dispatcher worker already has its system current (set once per thread, see
         # ActorSystem): setting it again for every actor built would only cost two context writes.
         undo = None if CURRENT_SYSTEM.get() is self.system else set_current_system(self.system)
         try:
-            actor = self.factory()
+            actor = factory()
         finally:
             if undo is not None:
                 undo()

@@ -161,9 +161,8 @@ class EntityRegistry(Generic[A]):
         with self._lock:
             if entity_id in self._live:
                 raise Internal(f"{self.kind} {entity_id!r} exists already: spawn is for new ids")
-            restart = functools.partial(self._factory, entity_id)
-            cell = self._new_cell(entity_id, restart)
-            cell.factory = _first_then(cell, functools.partial(first, entity_id), restart)
+            cell = self._new_cell(entity_id, functools.partial(self._factory, entity_id))
+            cell.first_factory = functools.partial(first, entity_id)
             cell.post(message)  # a held cell queues without being scheduled
             self._system.launch(cell, release=False)
             self._live[entity_id] = cell
@@ -229,15 +228,3 @@ class EntityRegistry(Generic[A]):
     def close(self) -> None:
         """Stop sweeping (the system's shutdown stops the entities themselves)."""
         self._sweeps.cancel()
-
-
-def _first_then(
-    cell: Cell, first: Callable[[], Actor], then: Callable[[], Actor]
-) -> Callable[[], Actor]:
-    """A factory that builds with `first` once, then leaves `then` to every restart."""
-
-    def build_first() -> Actor:
-        cell.factory = then
-        return first()
-
-    return build_first

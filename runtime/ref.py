@@ -26,13 +26,16 @@ class Ref(pykka.ActorRef[A]):
     it is constructed from the cell, not from the actor as pykka's is.
     """
 
+    # Until the actor is built (two entities start per payment flow): class-level defaults
+    # cost nothing per ref; `Cell.bind` sets the instance's own.
+    actor_class = cast(type[A], pykka.Actor)
+    _actor_weakref = cast(weakref.ref[A], NO_ACTOR)
+
     def __init__(self, cell: Cell) -> None:
         self._cell = cell
-        self.actor_class = cast(type[A], pykka.Actor)  # replaced by the real class once built
         self.actor_urn = cell.urn
         self.actor_inbox = cell
         self.actor_stopped = cell.stopped
-        self._actor_weakref = cast(weakref.ref[A], NO_ACTOR)
         # tell() is on every message's path: bind it straight to the mailbox, one call less.
         self.tell = cell.post  # type: ignore[method-assign]
 

@@ -61,8 +61,27 @@ from runtime.sqlite_store import (
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 
-# One encoder for every payload: json.dumps builds a new one per call when given options.
+# One encoder for every payload: json.dumps builds a new one per call when given options, and
+# JSONEncoder.encode still builds a C encoder per call (profiled: most of the committer's JSON
+# time). The C encoder is built once here with the same options; no markers, so a cyclic payload
+# ends in RecursionError instead of ValueError (both refused below).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_C_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+_ENCODE_CHUNKS: Callable[[dict[str, Any], int], list[str]] | None = (
+    None
+    if _C_MAKE_ENCODER is None
+    else _C_MAKE_ENCODER(
+        None,
+        _ENCODER.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
+    )
+)
 
 
 class SQLiteJournal:
@@ -105,17 +124,20 @@ class SQLiteJournal:
         encoded = [_encode_request(request) for request in requests]
         with self._writing() as conn:
             try:
-                results = self._apply_all(conn, requests, encoded)
+                results, bound = self._apply_all(conn, requests, encoded)
             except sqlite3.IntegrityError:
                 # The stored rows disagree with what the checks read (a file written by other
                 # means): start over, one request per savepoint, so only the culprit fails.
                 conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
-                results = [
+                alone = [
                     self._apply_alone(conn, *pair) for pair in zip(requests, encoded, strict=True)
                 ]
+                results = [result for result, _ in alone]
+                bound = [binding for _, bindings in alone for binding in bindings]
         # Committed (the transaction above did not raise): the names are bound for good.
-        self._remember_bound(requests, results)
+        if bound:
+            self._remember(*bound)
         return results
 
     def _apply_all(
@@ -123,11 +145,12 @@ class SQLiteJournal:
         conn: sqlite3.Connection,
         requests: Sequence[AppendRequest],
         encoded: Sequence[_Encoded | PayflowError],
-    ) -> list[int | PayflowError]:
+    ) -> tuple[list[int | PayflowError], list[_Binding]]:
         """Check every request in memory against state read in two queries, then write all the
         accepted rows with one statement per table. A refused request writes nothing, so the
         batch needs no savepoint per request (profiled: the statements run per request were
-        most of the group-commit thread)."""
+        most of the group-commit thread). Also returns the names the admitted requests bind,
+        to remember once committed."""
         admitted = [
             r for r, e in zip(requests, encoded, strict=True) if not isinstance(e, PayflowError)
         ]
@@ -139,21 +162,21 @@ class SQLiteJournal:
             for request, rows in zip(requests, encoded, strict=True)
         ]
         batch.write(conn)
-        return results
+        return results, batch.bound
 
     def _apply_alone(
         self, conn: sqlite3.Connection, request: AppendRequest, encoded: _Encoded | PayflowError
-    ) -> int | PayflowError:
+    ) -> tuple[int | PayflowError, list[_Binding]]:
         if isinstance(encoded, PayflowError):
-            return encoded
+            return encoded, []
         conn.execute("SAVEPOINT request")
         try:
-            (result,) = self._apply_all(conn, [request], [encoded])
+            (result,), bound = self._apply_all(conn, [request], [encoded])
         except sqlite3.IntegrityError as error:
             conn.execute("ROLLBACK TO request")
-            result = Internal(f"the stored journal refused the append: {error}")
+            result, bound = Internal(f"the stored journal refused the append: {error}"), []
         conn.execute("RELEASE request")
-        return result
+        return result, bound
 
     def _alias_owners(
         self, conn: sqlite3.Connection, requests: Sequence[AppendRequest]
@@ -176,18 +199,6 @@ class SQLiteJournal:
             rows = conn.execute(SELECT_OWNERS, (json.dumps(unknown),)).fetchall()
             owners.update(((namespace, name), owner) for namespace, name, owner in rows)
         return owners
-
-    def _remember_bound(
-        self, requests: Sequence[AppendRequest], results: Sequence[int | PayflowError]
-    ) -> None:
-        bound = [
-            ((alias.namespace, alias.name), request.stream_id)
-            for request, result in zip(requests, results, strict=True)
-            if not isinstance(result, PayflowError)
-            for alias in request.aliases
-        ]
-        if bound:
-            self._remember(*bound)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """See `Journal.save_snapshot`: refuses a snapshot ahead of the stored stream."""
@@ -265,7 +276,7 @@ class SQLiteJournal:
         """See `Journal.resolve_known`: the bindings this journal committed or read before."""
         return self._owners.get((namespace, name))
 
-    def _remember(self, *bound: tuple[tuple[str, str], str]) -> None:
+    def _remember(self, *bound: _Binding) -> None:
         """Keep (namespace, name) -> stream bindings known to be committed, oldest out first."""
         with self._owners_lock:
             for key, owner in bound:
@@ -331,6 +342,7 @@ class SQLiteJournal:
 # --- the write path ----------------------------------------------------------------------------
 
 _Encoded = tuple[list[tuple[str, str, float]], str | None]  # (kind, payload, at) rows, snapshot
+_Binding = tuple[tuple[str, str], str]  # (namespace, name) -> stream id
 
 
 def _encode_request(request: AppendRequest) -> _Encoded | PayflowError:
@@ -344,9 +356,12 @@ def _encode_request(request: AppendRequest) -> _Encoded | PayflowError:
 
 
 def _encode(payload: Mapping[str, Any]) -> str:
+    as_dict = payload if type(payload) is dict else dict(payload)
     try:
-        return _ENCODER.encode(payload if type(payload) is dict else dict(payload))
-    except (TypeError, ValueError) as error:
+        if _ENCODE_CHUNKS is None:  # an interpreter without the C accelerator
+            return _ENCODER.encode(as_dict)
+        return "".join(_ENCODE_CHUNKS(as_dict, 0))
+    except (TypeError, ValueError, RecursionError) as error:
         # json's messages name the offending type, never the value: safe for secrets.
         raise Internal(f"payload is not JSON-safe: {error}") from error
 
@@ -375,6 +390,7 @@ class _Batch:
     events: list[tuple[str, int, str, str, float]] = field(default_factory=list)
     streams: list[tuple[str, int, str | None, float]] = field(default_factory=list)
     snapshots: list[tuple[str, int, str]] = field(default_factory=list)
+    bound: list[_Binding] = field(default_factory=list)  # every name an admitted request binds
 
     def admit(self, request: AppendRequest, encoded: _Encoded) -> int | PayflowError:
         """The request's new version with its rows queued, or its error with nothing queued."""
@@ -415,6 +431,7 @@ class _Batch:
         retried append stays harmless."""
         for alias in request.aliases:
             key = (alias.namespace, alias.name)
+            self.bound.append((key, request.stream_id))
             if key not in self.owners:
                 self.owners[key] = request.stream_id
                 self.aliases.append((alias.namespace, alias.name, request.stream_id))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from actors import flow_process as fp
@@ -296,3 +298,42 @@ def test_a_decision_carries_the_flow_after_each_of_its_events() -> None:
 def test_the_payment_policy_follows_the_configured_retry_limit() -> None:
     limits = [fp.Context(now=1.0, retry_limit=n).payment_policy.retries for n in (0, 3, 0, 1)]
     assert limits == [0, 3, 0, 1]
+
+
+def test_a_context_at_another_time_keeps_every_limit() -> None:
+    limits = fp.Context(now=1.0, retry_limit=3, preserve_window=9.0, call_retry_delay=0.25)
+    later = limits.at(5.0)
+    assert later == dataclasses.replace(limits, now=5.0)
+    assert later.payment_policy.retries == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        later.now = 6.0  # type: ignore[misc]
+
+
+def test_a_persisting_decision_is_the_value_its_constructor_builds() -> None:
+    flow = _with_intent()
+    submitted = fp.decide(flow, Submit(id="f1", token=T), CTX)
+    fields = {f.name: getattr(submitted, f.name) for f in dataclasses.fields(fp.Decision)}
+    assert submitted == fp.Decision(**fields)
+    assert (submitted.error, submitted.reply) == (None, fp.ReplyKind.ACK)
+
+
+def test_answers_are_matched_on_the_pending_key_without_building_calls() -> None:
+    flow = _with_intent()
+    submitted = fp.decide(flow, Submit(id="f1", token=T), CTX).steps[-1]
+    (confirm,) = fp.pending_calls(submitted)
+    assert fp.is_pending(submitted, confirm)
+    older = dataclasses.replace(confirm, idempotency_key="f1:confirm_intent:0")
+    assert not fp.is_pending(submitted, older)
+    assert fp.on_provider_result(submitted, ProviderResult(call=older, intent=None), CTX) == (
+        fp.Decision()
+    )
+    reread = dataclasses.replace(
+        confirm, op=ProviderOp.RETRIEVE_INTENT, idempotency_key="f1:retrieve_intent:1"
+    )
+    other_intent = dataclasses.replace(reread, intent_id="pi_9")
+    paid = _intent("succeeded")
+    assert fp.on_provider_result(
+        submitted, ProviderResult(call=other_intent, intent=paid), CTX
+    ) == (fp.Decision())
+    followed = fp.on_provider_result(submitted, ProviderResult(call=reread, intent=paid), CTX)
+    assert followed.steps[-1].state is FlowState.COMPLETED

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.socket_core import Delivery, Presence, Rooms
+from actors.socket_core import Presence, Rooms
 
 
 def test_first_join_and_last_leave_change_presence() -> None:
@@ -51,7 +51,7 @@ def test_statuses_published_during_catch_up_follow_it_without_repeats() -> None:
     assert rooms.deliver("f", 5, "v5") == []
     assert rooms.finish_join("s1", "f", up_to=4) == ["v5"]
     assert rooms.deliver("f", 5, "v5 again") == []
-    assert rooms.deliver("f", 6, "v6") == [Delivery(session_id="s1", frame="v6")]
+    assert rooms.deliver("f", 6, "v6") == ["s1"]
 
 
 def test_finish_join_after_leave_releases_nothing() -> None:
@@ -67,8 +67,16 @@ def test_a_live_member_is_not_sent_anything_during_another_members_catch_up() ->
     rooms.begin_join("live", "f")
     rooms.finish_join("live", "f", up_to=1)
     rooms.begin_join("late", "f")
-    assert rooms.deliver("f", 2, "v2") == [Delivery(session_id="live", frame="v2")]
+    assert rooms.deliver("f", 2, "v2") == ["live"]
     assert rooms.finish_join("late", "f", up_to=1) == ["v2"]
+
+
+def test_a_status_for_a_flow_nobody_joined_goes_to_nobody() -> None:
+    rooms: Rooms[str] = Rooms()
+    rooms.begin_join("s1", "other")
+    rooms.finish_join("s1", "other", up_to=0)
+    assert rooms.deliver("f", 1, "v1") == []
+    assert rooms.deliver("other", 1, "o1") == ["s1"]
 
 
 @given(
@@ -83,10 +91,10 @@ def test_a_joiner_gets_each_version_above_its_replay_once_in_increasing_order(
     rooms.begin_join("s", "f")
     got: list[int] = []
     for version in published:
-        got += [d.frame for d in rooms.deliver("f", version, version)]
+        got += [version for _ in rooms.deliver("f", version, version)]
     got += rooms.finish_join("s", "f", up_to=read_up_to)
     for version in after:
-        got += [d.frame for d in rooms.deliver("f", version, version)]
+        got += [version for _ in rooms.deliver("f", version, version)]
     assert got == sorted(set(got))
     assert all(version > read_up_to for version in got)
     expected_buffered = {v for v in published if v > read_up_to}

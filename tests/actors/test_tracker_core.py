@@ -94,3 +94,18 @@ def test_seen_event_ids_are_bounded() -> None:
         tracker, _ = tc.remember(tracker, f"evt_{n}")
     assert len(tracker.seen) == tc.SEEN_EVENTS_KEPT
     assert tc.remember(tracker, f"evt_{tc.SEEN_EVENTS_KEPT + 9}")[1] is False
+
+
+def test_an_idle_tracker_is_shared_and_tracking_never_changes_it() -> None:
+    idle = tc.idle(push_healthy=False)
+    assert idle == tc.Tracker(push_healthy=False)
+    assert tc.idle(push_healthy=True) == tc.Tracker()
+    tracking = tc.track(idle, "pi_1", "requires_confirmation")
+    tracking, _ = tc.ingest(tracking, _report("processing", 1.0, "evt_1"))
+    assert (tracking.status, tracking.seen, tracking.push_healthy) == (
+        "processing",
+        ("evt_1",),
+        False,
+    )
+    assert tc.stop(tracking) is tc.idle(push_healthy=False)
+    assert idle == tc.Tracker(push_healthy=False)  # the shared value is untouched

@@ -121,6 +121,30 @@ def test_not_found_comes_before_forbidden_and_refusals_count_as_errors(tmp_path:
     run(tmp_path, body)
 
 
+def test_a_token_proven_once_opens_only_its_flow_and_a_wrong_one_stays_forbidden(
+    tmp_path: Path,
+) -> None:
+    # The connection remembers the (flow, token) pairs it proved: that must never let a proven
+    # token open another flow, excuse a wrong token, or skip attach_booking's API key.
+    async def body(s: Stack) -> None:
+        async with PayflowClient(s.url) as client:
+            first = await client.create_flow(amount=10, currency="eur", api_key=API_KEY)
+            second = await client.create_flow(amount=20, currency="eur", api_key=API_KEY)
+            flow_id, token = first["flow_id"], first["token"]
+            assert (await client.join(flow_id, token))["version"] == 1
+            with pytest.raises(Forbidden):
+                await client.join(second["flow_id"], token)
+            with pytest.raises(Forbidden):
+                await client.join(flow_id, token[:-1] + ("0" if token[-1] != "0" else "1"))
+            with pytest.raises(Forbidden):
+                await client.attach_booking(flow_id, token, "bk_p")
+            ack = await client.attach_booking(flow_id, token, "bk_p", api_key=API_KEY)
+            assert ack["version"] == 2
+        assert s.metrics.errors_per_minute() == 3
+
+    run(tmp_path, body, api_key=API_KEY)
+
+
 def test_the_api_key_guards_create_flow_and_attach_booking(tmp_path: Path) -> None:
     async def body(s: Stack) -> None:
         async with PayflowClient(s.url) as client:

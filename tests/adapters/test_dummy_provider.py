@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -80,9 +81,10 @@ def test_each_test_payment_method_confirms_as_stripe_documents(
     run(scenario())
 
 
-def test_a_repeated_key_returns_the_same_intent_and_charges_once() -> None:
+@pytest.mark.parametrize("latency", [0.0, 0.01])  # 0: the answer itself is saved, no future
+def test_a_repeated_key_returns_the_same_intent_and_charges_once(latency: float) -> None:
     async def scenario() -> None:
-        async with dummy(push_delay=None) as provider:
+        async with dummy(latency=latency, push_delay=None) as provider:
             first = await create(provider, "flow-1:create:1")
             again = await create(provider, "flow-1:create:1")
             assert again == first
@@ -122,9 +124,10 @@ def test_a_key_reused_with_other_parameters_is_rejected() -> None:
     run(scenario())
 
 
-def test_a_refused_request_does_not_use_up_its_key() -> None:
+@pytest.mark.parametrize("latency", [0.0, 0.01])
+def test_a_refused_request_does_not_use_up_its_key(latency: float) -> None:
     async def scenario() -> None:
-        async with dummy(push_delay=None) as provider:
+        async with dummy(latency=latency, push_delay=None) as provider:
             with pytest.raises(ProviderRejected, match="pm_card_unknown"):
                 await create(provider, "flow-3:create:1", "pm_card_unknown")
             corrected = await create(provider, "flow-3:create:1", "pm_card_visa")
@@ -192,6 +195,21 @@ def test_status_changes_are_pushed_to_the_sink_in_order(push_delay: float) -> No
     run(scenario())
 
 
+def test_an_event_after_the_outbox_ran_dry_is_still_pushed() -> None:
+    async def scenario() -> None:
+        sink = Collector()
+        async with dummy(push_delay=0.0) as provider:
+            provider.set_event_sink(sink)
+            created = await create(provider, "k")
+            await sink.wait_for(1)  # everything sent: the pusher waits for the next event
+            await asyncio.sleep(0.01)
+            await provider.confirm_intent(created.intent_id, idempotency_key="k:c")
+            events = await sink.wait_for(2)
+        assert [event.status for event in events] == ["requires_confirmation", "succeeded"]
+
+    run(scenario())
+
+
 def test_a_failing_sink_is_logged_and_later_events_still_arrive() -> None:
     async def scenario() -> None:
         delivered = Collector()
@@ -254,5 +272,23 @@ def test_the_same_seed_gives_the_same_ids() -> None:
     async def scenario() -> None:
         assert await ids(7) == await ids(7)
         assert await ids(7) != await ids(8)
+
+    run(scenario())
+
+
+def test_ids_and_secrets_look_like_stripes_and_do_not_repeat() -> None:
+    async def scenario() -> None:
+        sink = Collector()
+        async with dummy(push_delay=0.0) as provider:
+            provider.set_event_sink(sink)
+            intents = [await create(provider, f"k{n}") for n in range(50)]
+            events = await sink.wait_for(50)
+        token = "[A-Za-z0-9]{24}"
+        for intent in intents:
+            assert re.fullmatch(f"pi_{token}", intent.intent_id)
+            assert re.fullmatch(f"{intent.intent_id}_secret_{token}", str(intent.client_secret))
+        assert all(re.fullmatch(f"evt_{token}", event.event_id) for event in events)
+        assert len({intent.intent_id for intent in intents}) == 50
+        assert len({event.event_id for event in events}) == 50
 
     run(scenario())

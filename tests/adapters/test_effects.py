@@ -9,11 +9,12 @@ from collections.abc import Iterator
 import pytest
 
 from actors.messages import ProviderCall, ProviderOp, ProviderResult
+from actors.provider import Intent
 from adapters.dummy_provider import DummyProvider
 from adapters.effects import LoopThread, ProviderEffects
 from adapters.stripe_provider import StripeProvider
 from runtime.backoff import Backoff
-from runtime.errors import ProviderRejected, ProviderUnavailable
+from runtime.errors import Internal, ProviderRejected, ProviderUnavailable
 from tests.localstripe import LocalStripe, recording_proxy
 
 FAST = Backoff(base=0.01, cap=0.02, max_retries=3)
@@ -110,3 +111,28 @@ def test_a_post_without_a_key_is_refused_before_the_provider(loop: LoopThread) -
     ProviderEffects(dummy, loop.loop).provider_call(call, inbox)
     assert inbox.result().error is not None
     assert dummy.calls == []
+
+
+class _Crashing(DummyProvider):
+    async def confirm_intent(self, intent_id: str, *, idempotency_key: str) -> Intent:
+        raise RuntimeError("provider bug")
+
+
+def test_answered_calls_leave_nothing_running(loop: LoopThread) -> None:
+    dummy = _Crashing(push_delay=None)
+    effects = ProviderEffects(dummy, loop.loop, backoff=FAST)
+    inbox = Inbox()
+    calls = [_create(f"k{n}") for n in range(5)] + [_create("k-bad", method="pm_unknown")]
+    calls.append(ProviderCall(op=ProviderOp.CONFIRM_INTENT, flow_id="f1", intent_id="pi_1"))
+    calls.append(
+        ProviderCall(
+            op=ProviderOp.CONFIRM_INTENT, flow_id="f1", intent_id="pi_1", idempotency_key="c"
+        )
+    )
+    for call in calls:
+        effects.provider_call(call, inbox)
+    results = [inbox.result() for _ in calls]
+    assert sum(result.intent is not None for result in results) == 5
+    crashed = [result for result in results if result.call.idempotency_key == "c"]
+    assert isinstance(crashed[0].error, Internal)  # the crash reached the flow as data
+    assert effects.in_flight == 0  # every task took itself out before telling its result

@@ -156,3 +156,28 @@ class _WriterLoggerStub:
 
 def _without_timestamp(line: str) -> list[tuple[str, Any]]:
     return [(key, value) for key, value in json.loads(line).items() if key != "timestamp"]
+
+
+def test_interpolated_and_dropped_events_behave_as_with_structlog() -> None:
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    log = structlog.get_logger("test").bind(flow_id="f1")
+    log.info("paid %s of %s", 2, 3, token="pft_abc")
+    log.warn("late", version=2)
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == [
+        "paid 2 of 3",
+        "late",
+    ]
+    assert "pft_abc" not in stream.getvalue()
+    with structlog.testing.capture_logs() as logs:
+        structlog.get_logger("test").bind(flow_id="f2").info("captured", version=1)
+    assert logs == [{"flow_id": "f2", "version": 1, "event": "captured", "log_level": "info"}]
+
+
+def test_levels_below_the_configured_one_stay_silent() -> None:
+    stream = io.StringIO()
+    configure_logging("json", stream=stream, level=logging.WARNING)
+    log = structlog.get_logger("test")
+    log.info("chatter")
+    log.warning("alarm")
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["alarm"]

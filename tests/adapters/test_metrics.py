@@ -252,3 +252,29 @@ def test_a_threshold_crossed_from_many_threads_at_once_warns_once() -> None:
     assert len(warnings(logs, "payflowd_transition_seconds")) == 1
     active = {"from_state": "PAYMENT_ACTIVE", "to_state": "PAYMENT_PROCESSING"}
     assert value(metrics, "payflowd_transition_seconds_count", **active) == 800
+
+
+def test_each_provider_call_pair_keeps_its_own_series_across_repeated_calls() -> None:
+    metrics = Metrics()
+    for _ in range(3):
+        metrics.provider_call("create_intent", "ok", 0.03)
+    metrics.provider_call("create_intent", "error", 2.0)
+    ok = {"operation": "create_intent", "outcome": "ok"}
+    error = {"operation": "create_intent", "outcome": "error"}
+    assert value(metrics, "payflowd_provider_call_seconds_count", **ok) == 3
+    assert value(metrics, "payflowd_provider_call_seconds_sum", **ok) == pytest.approx(0.09)
+    assert value(metrics, "payflowd_provider_call_seconds_count", **error) == 1
+
+
+def test_a_healthy_value_recovers_its_own_threshold_while_another_stays_crossed() -> None:
+    metrics = Metrics()
+    with capture_logs() as logs:
+        metrics.socket_health(1, 2)  # crossed, and stays so
+        metrics.observe_transition("PAYMENT_ACTIVE", "PAYMENT_PROCESSING", 9.0)
+        metrics.observe_transition("PAYMENT_ACTIVE", "PAYMENT_PROCESSING", 0.1)
+    events = [(entry["event"], entry["metric"]) for entry in logs]
+    assert events == [
+        ("metric_threshold_crossed", "payflowd_socket_health_ratio"),
+        ("metric_threshold_crossed", "payflowd_transition_seconds"),
+        ("metric_threshold_recovered", "payflowd_transition_seconds"),
+    ]

@@ -4,9 +4,11 @@ the single-append guarantees)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,3 +170,72 @@ def test_reads_after_close_are_refused(db: Path) -> None:
     with pytest.raises(Internal):
         journal.append(req("s", 1))
     assert snapshot_of_tables(db) == before
+
+
+def test_names_remembered_after_a_redone_batch_are_only_those_committed(
+    journal: SQLiteJournal, db: Path
+) -> None:
+    """The batch redone request by request (see above) remembers the names of the requests that
+    committed, and not those of the one rolled back."""
+    journal.append(req("broken", 0))
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("INSERT INTO events VALUES ('broken', 2, 'stray', '{}', 1.0)")
+    conn.close()
+    journal.append_batch(
+        [
+            req("a", 0, aliases=(Alias(name="a-name"),)),
+            req("broken", 1, aliases=(Alias(name="broken-name"),)),
+        ]
+    )
+    assert journal.resolve_known("a-name") == "a"
+    assert journal.resolve_known("broken-name") is None
+    assert journal.resolve("broken-name") is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"text": 'caf\u00e9 \u2603 \x00 "quoted" \\', "n": -0.0, "big": 10**30, "f": 1e300},
+        {"nested": {"list": [1, 2.5, None, True, False, {"deep": []}]}, "empty": {}},
+        {1: "int key", 2.5: "float key", None: "none key", False: "bool key"},
+    ],
+)
+def test_payloads_are_stored_as_compact_json_and_read_back(
+    journal: SQLiteJournal, db: Path, payload: dict[Any, Any]
+) -> None:
+    journal.append(
+        AppendRequest(
+            stream_id="s", expected_version=0, events=[NewEvent(kind="k", payload=payload, at=1.0)]
+        )
+    )
+    conn = sqlite3.connect(db)
+    (stored,) = conn.execute("SELECT payload FROM events WHERE stream_id = 's'").fetchone()
+    conn.close()
+    assert stored == json.dumps(payload, separators=(",", ":"), allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    "payload", [{"nan": float("nan")}, {"inf": float("-inf")}, {"set": {1}}, {(1, 2): "tuple key"}]
+)
+def test_a_payload_json_cannot_hold_fails_its_request_only(
+    journal: SQLiteJournal, payload: dict[Any, Any]
+) -> None:
+    bad = AppendRequest(
+        stream_id="bad", expected_version=0, events=[NewEvent(kind="k", payload=payload, at=1.0)]
+    )
+    results = journal.append_batch([bad, req("good", 0)])
+    assert isinstance(results[0], Internal)
+    assert results[1] == 1
+    assert journal.head("bad") is None
+
+
+def test_a_payload_that_contains_itself_fails_its_request_only(journal: SQLiteJournal) -> None:
+    cyclic: dict[str, object] = {}
+    cyclic["self"] = cyclic
+    bad = AppendRequest(
+        stream_id="bad", expected_version=0, events=[NewEvent(kind="k", payload=cyclic, at=1.0)]
+    )
+    results = journal.append_batch([bad, req("good", 0)])
+    assert isinstance(results[0], Internal)
+    assert results[1] == 1
