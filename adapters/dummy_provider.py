@@ -20,6 +20,10 @@ Like real Stripe (and unlike localstripe) it honours idempotency keys: a repeate
 parameters returns the first result, a reused key with other parameters is rejected. `calls`
 records every call with the key it carried, so tests can assert what a flow sent.
 
+Memory stays bounded however long the daemon runs: `calls` keeps the latest `CALLS_KEPT` calls,
+and intents and idempotency answers beyond the latest `REMEMBERED` are forgotten, oldest first (a
+forgotten intent is unknown, as a deleted test-mode object would be).
+
 It pushes status changes the way webhooks do: each change is handed to the sink registered with
 `set_event_sink` as a `ProviderEvent(source="dummy")`, `push_delay` seconds later, in order
 (`push_delay=None` turns pushing off; events arriving while no sink is set are dropped, like a
@@ -118,6 +122,8 @@ CANCEL_RESULT: Mapping[str, Any] = {"status": _S.CANCELED, "next_action": None}
 # other characters mapped to letters. A few C calls per id (~0.5 us), where `random.choices` per
 # character took ~3 us, and a payment makes four ids (intent, client secret, two events).
 _TOKEN_BYTES = 18
+CALLS_KEPT = 10_000
+REMEMBERED = 200_000
 _ALPHANUMERIC = bytes.maketrans(b"+/", b"Az")
 
 Reply = Intent | asyncio.Future[Intent]
@@ -260,6 +266,8 @@ class DummyProvider:
     def _store(self, intent: Intent) -> Intent:
         previous = self._intents.get(intent.intent_id)
         self._intents[intent.intent_id] = intent
+        if previous is None:
+            _forget_oldest(self._intents)
         if previous is None or previous.status != intent.status:
             self._announce(intent)
         return intent
@@ -284,6 +292,8 @@ class DummyProvider:
         reuse it; reusing a key for other parameters is refused.
         """
         self.calls.append((method, key))
+        if len(self.calls) > 2 * CALLS_KEPT:  # trimmed in steps: one copy per CALLS_KEPT calls
+            del self.calls[:-CALLS_KEPT]
         if not key:
             raise Internal("every provider POST needs a deterministic idempotency key")
         fingerprint = (method, *params)
@@ -296,6 +306,7 @@ class DummyProvider:
         # the answer itself is saved, without a future to share it.
         answer = step()
         self._replies[key] = (fingerprint, answer)
+        _forget_oldest(self._replies)
         return answer
 
     async def _answer_later(
@@ -303,6 +314,7 @@ class DummyProvider:
     ) -> Intent:
         reply: asyncio.Future[Intent] = asyncio.get_running_loop().create_future()
         self._replies[key] = (fingerprint, reply)
+        _forget_oldest(self._replies)
         try:
             await asyncio.sleep(self._latency)
             reply.set_result(step())
@@ -313,7 +325,7 @@ class DummyProvider:
     def _forget_unless_answered(self, key: str, reply: asyncio.Future[Intent]) -> None:
         if reply.done():
             return
-        del self._replies[key]
+        self._replies.pop(key, None)  # may have been forgotten already (REMEMBERED)
         # Concurrent repeats of a request that failed or was abandoned see Stripe's 409.
         reply.set_exception(ProviderUnavailable("the request first sent with this key failed"))
         reply.exception()  # marks it retrieved: having no waiter is not an error
@@ -398,3 +410,9 @@ def _validate_new_intent(amount: int, currency: str, payment_method: str) -> Non
         raise ProviderRejected(f"currency must be a lower-case ISO 4217 code, got {currency!r}")
     if payment_method not in TEST_PAYMENT_METHODS:
         raise ProviderRejected(f"no such PaymentMethod {payment_method!r} (resource_missing)")
+
+
+def _forget_oldest(remembered: dict[str, Any]) -> None:
+    """Drop the oldest entry once there are more than `REMEMBERED` (dicts keep insertion order)."""
+    if len(remembered) > REMEMBERED:
+        del remembered[next(iter(remembered))]

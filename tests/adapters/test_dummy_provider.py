@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from actors.provider import Intent, IntentStatus, ProviderEvent
+from adapters import dummy_provider
 from adapters.dummy_provider import TEST_PAYMENT_METHODS, DummyProvider, Outcome
 from runtime.errors import Internal, ProviderRejected
 
@@ -290,5 +291,27 @@ def test_ids_and_secrets_look_like_stripes_and_do_not_repeat() -> None:
         assert all(re.fullmatch(f"evt_{token}", event.event_id) for event in events)
         assert len({intent.intent_id for intent in intents}) == 50
         assert len({event.event_id for event in events}) == 50
+
+    run(scenario())
+
+
+def test_memory_stays_bounded_the_oldest_intents_and_calls_are_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The dummy is the embedded default: a daemon left running must not grow without end."""
+    monkeypatch.setattr(dummy_provider, "REMEMBERED", 5)
+    monkeypatch.setattr(dummy_provider, "CALLS_KEPT", 4)
+
+    async def scenario() -> None:
+        async with dummy(push_delay=None) as provider:
+            intents = [await create(provider, f"k{n}") for n in range(12)]
+            assert len(provider.calls) <= 2 * 4
+            assert provider.calls[-1] == ("create_intent", "k11")
+            latest = await provider.retrieve_intent(intents[-1].intent_id)
+            assert latest.intent_id == intents[-1].intent_id
+            with pytest.raises(ProviderRejected):
+                await provider.retrieve_intent(intents[0].intent_id)
+            again = await create(provider, "k11")  # a recent key still answers the same
+            assert again.intent_id == intents[-1].intent_id
 
     run(scenario())

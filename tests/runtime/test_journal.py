@@ -7,7 +7,6 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,17 +39,6 @@ def req(
     return AppendRequest(
         stream_id=stream, expected_version=expected, events=events, aliases=aliases, tag=tag
     )
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "journal.db"
-
-
-@pytest.fixture
-def journal(db: Path) -> Iterator[SQLiteJournal]:
-    with SQLiteJournal(db) as opened:
-        yield opened
 
 
 def snapshot_of_tables(path: Path) -> dict[str, list[tuple[object, ...]]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,6 @@ from runtime.errors import AliasConflict, Internal, VersionConflict
 from runtime.journal import IDEMPOTENCY_NAMESPACE, Alias, AppendRequest, NewEvent
 from runtime.sqlite_journal import SQLiteJournal
 from tests.runtime.test_journal import req, snapshot_of_tables
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "journal.db"
-
-
-@pytest.fixture
-def journal(db: Path) -> Iterator[SQLiteJournal]:
-    with SQLiteJournal(db) as opened:
-        yield opened
 
 
 def test_a_refused_request_does_not_move_its_stream_for_the_next_one(
