@@ -1,6 +1,7 @@
 """The `PaymentFlow` actor: the one owner of a flow's state, a thin shell around flow_process.
 
-It loads its flow from the journal when it starts (snapshot + later events) and sets going
+It loads its flow from the journal when it starts (snapshot + later events, see
+actors/flow_journal.py, which also builds the append a decision becomes) and sets going
 whatever the persisted state was waiting for (`flow_process.resume`); a flow started for a
 create (`brand_new`: its id was just made, the journal cannot hold anything of it) skips that.
 Each message becomes a `Decision`; the decision's events go to the group committer WITHOUT
@@ -27,17 +28,8 @@ import structlog
 
 from actors import flow_process as fp
 from actors.commands import Ack, Created, CreateFlow
-from actors.flow_core import (
-    EventType,
-    Flow,
-    FlowEvent,
-    FlowState,
-    event_to_record,
-    flow_from_snapshot,
-    flow_to_snapshot,
-    replay_records,
-    status_view,
-)
+from actors.flow_core import EventType, Flow, status_view
+from actors.flow_journal import STATE_NAMES, append_request, load_flow
 from actors.messages import (
     ClientCommand,
     ClientPresence,
@@ -54,9 +46,9 @@ from actors.messages import (
 from actors.tokens import flow_token
 from runtime import failpoints
 from runtime.actor import Actor
-from runtime.errors import Internal, NotFound, PayflowError, VersionConflict
+from runtime.errors import Internal, PayflowError, VersionConflict
 from runtime.group_commit import GroupCommitter, Outcome
-from runtime.journal import Alias, AppendRequest, Journal, NewEvent
+from runtime.journal import Journal
 from runtime.scheduler import Scheduler, TimerHandle
 
 # One proxy per module: binding it per actor is cheap, a fresh get_logger per actor was not
@@ -122,25 +114,6 @@ class _Append:
     before: Flow
     decision: fp.Decision
     command: ClientCommand | None
-
-
-def resolve_flow(journal: Journal, any_id: str) -> str:
-    """The flow a flow_id, booking_id or pre_id names (one namespace); `NotFound` if none."""
-    flow_id = journal.resolve(any_id)
-    if flow_id is None:
-        raise NotFound(f"no flow is known by {any_id!r}")
-    return flow_id
-
-
-def load_flow(journal: Journal, flow_id: str) -> Flow:
-    """The flow as the journal has it: its latest snapshot plus the events after it."""
-    loaded = journal.load(flow_id)
-    start = Flow.initial(flow_id)
-    if loaded is None:
-        return start
-    if loaded.snapshot is not None:
-        start = flow_from_snapshot(loaded.snapshot.payload)
-    return replay_records(((e.kind, e.payload, e.at) for e in loaded.events), start=start)
 
 
 class _Unbounded:
@@ -262,15 +235,7 @@ class FlowActor(Actor):
         if not decision.events:
             self._act(decision.effects, ())
             return
-        after = decision.steps[-1]  # decided from self.flow: the flow after its events
-        request = AppendRequest(
-            stream_id=self.flow_id,
-            expected_version=self.flow.version,
-            events=[_new_event(event) for event in decision.events],
-            aliases=[Alias(name=name, namespace=space) for name, space in decision.aliases],
-            tag=_STATE_NAMES[after.state],
-            snapshot=self._snapshot_due(after),
-        )
+        request = append_request(self.flow_id, self.flow, decision, self._deps.snapshot_every)
         self._append = _Append(before=self.flow, decision=decision, command=command)
         self._deps.committer.submit_then(
             request, lambda outcome: self._self.tell(_Persisted(outcome=outcome))
@@ -312,13 +277,6 @@ class FlowActor(Actor):
             # linger until the idle sweep, counted among the live flows.
             self._cell.request_passivation(0.0)
 
-    def _snapshot_due(self, after: Flow) -> dict[str, Any] | None:
-        """A snapshot rides on the append that crosses a multiple of `snapshot_every` (one
-        transaction: no fsync of its own, and loading later replays at most that many events)."""
-        every = self._deps.snapshot_every
-        crossed = after.version // every > self.flow.version // every
-        return flow_to_snapshot(after) if crossed else None
-
     # --- replies and logs ---------------------------------------------------------------------
 
     def _success(self, message: ClientCommand) -> Created | Ack:
@@ -344,7 +302,7 @@ class FlowActor(Actor):
         # Keywords passed straight (no facts dict to unpack): eight lines per flow come here.
         info = self._log.info
         for event, flow in zip(decision.events, steps, strict=True):
-            name, state = _EVENT_NAMES[event.event_type], _STATE_NAMES[flow.state]
+            name, state = _EVENT_NAMES[event.event_type], STATE_NAMES[flow.state]
             if flow.error is not None:
                 self._log_failure(name, flow)
             elif flow.intent_id is not None:
@@ -353,7 +311,7 @@ class FlowActor(Actor):
                 info(name, version=flow.version, state=state)
 
     def _log_failure(self, name: str, flow: Flow) -> None:
-        facts: dict[str, Any] = {"version": flow.version, "state": _STATE_NAMES[flow.state]}
+        facts: dict[str, Any] = {"version": flow.version, "state": STATE_NAMES[flow.state]}
         if flow.intent_id is not None:
             facts["intent_id"] = flow.intent_id
         if flow.error is not None:
@@ -418,14 +376,8 @@ class FlowActor(Actor):
             self._deps.notifier.flow_terminal(view, intent_id=self.flow.intent_id)
 
 
-# Enum members' `.value` is a Python-level property: these are read on every event a flow logs.
-_STATE_NAMES: dict[FlowState, str] = {state: state.value for state in FlowState}
+# Enum members' `.value` is a Python-level property: read on every event a flow logs.
 _EVENT_NAMES: dict[EventType, str] = {kind: kind.value for kind in EventType}
-
-
-def _new_event(event: FlowEvent) -> NewEvent:
-    kind, payload, at = event_to_record(event)
-    return NewEvent(kind=kind, payload=payload, at=at)
 
 
 def _tracking(flow: Flow) -> tuple[fp.Effect, ...]:

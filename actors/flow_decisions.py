@@ -27,18 +27,8 @@ class Context:
         return _payment_policy(self.retry_limit)
 
     def at(self, now: float) -> Context:
-        """These limits at `now`: what the flow actor builds for every message. Filled slot by
-        slot because the generated __init__ of a frozen keyword-only dataclass costs twice as
-        much, on every message of every flow (tests check this copies every field)."""
-        new = object.__new__(Context)
-        _set_field(new, "now", now)
-        _set_field(new, "retry_limit", self.retry_limit)
-        _set_field(new, "preserve_window", self.preserve_window)
-        _set_field(new, "call_retry_delay", self.call_retry_delay)
-        return new
-
-
-_set_field = object.__setattr__  # the way a frozen dataclass's own __init__ sets its fields
+        """These limits at `now` (the flow actor's context for one message)."""
+        return replace(self, now=now)
 
 
 @lru_cache(maxsize=8)
@@ -113,26 +103,6 @@ class Decision:
     effects: tuple[Effect, ...] = ()
     reply: ReplyKind | None = None
     error: PayflowError | None = None
-
-
-def persisting(
-    events: tuple[FlowEvent, ...],
-    steps: tuple[Flow, ...],
-    aliases: tuple[tuple[str, str], ...],
-    effects: tuple[Effect, ...],
-    reply: ReplyKind | None,
-) -> Decision:
-    """`Decision(events=..., steps=..., aliases=..., effects=..., reply=...)`, filled slot by
-    slot: every event a flow persists comes through here, and the generated __init__ of a
-    frozen keyword-only dataclass costs twice as much (tests check it builds the same value)."""
-    new = object.__new__(Decision)
-    _set_field(new, "events", events)
-    _set_field(new, "steps", steps)
-    _set_field(new, "aliases", aliases)
-    _set_field(new, "effects", effects)
-    _set_field(new, "reply", reply)
-    _set_field(new, "error", None)
-    return new
 
 
 # A decision is an immutable value: the ones without fields of their own are built once.

@@ -8,12 +8,8 @@ Checks for a client command come in the contract's order, after the application 
 `not_found` and `forbidden`: `expect_version` (`version_conflict`), then the transition table
 (`invalid_transition`). A refused command is a decision with `error` and nothing else.
 
-Provider calls are derived from the flow alone (`pending_calls`), so a flow loaded after a crash
-re-issues exactly the call it had persisted the cause of, with the same idempotency key:
-- `{flow_id}:create_intent:{attempt}:{version}`: one intent per selected method (switching the
-  method within an attempt creates a new one, hence the version of the `method_selected`);
-- `{flow_id}:confirm_intent:{attempt}`: one confirm per attempt;
-- `{flow_id}:cancel_intent:{attempt}`: a cancelled or expired flow cancels its intent once.
+Provider calls are derived from the flow alone (`pending_calls`, in actors/flow_calls.py, with
+their idempotency keys); this module decides what their answers change.
 """
 
 from __future__ import annotations
@@ -21,6 +17,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from actors.commands import AttachBooking, Cancel, Command, CreateFlow, Retry, SelectMethod, Submit
+from actors.flow_calls import (
+    CANCELLABLE,
+    awaited_op,
+    idempotency_key,
+    intent_call,
+    is_pending,
+    pending_calls,
+)
 from actors.flow_core import (
     BookingAttached,
     Cancelled,
@@ -49,7 +53,6 @@ from actors.flow_decisions import (
     Publish,
     ReplyKind,
     ScheduleExpiry,
-    persisting,
     versions,
 )
 from actors.messages import (
@@ -63,7 +66,7 @@ from actors.messages import (
     StopTracking,
     TrackIntent,
 )
-from actors.provider import Intent, IntentStatus
+from actors.provider import Intent
 from runtime.errors import (
     Conflict,
     Internal,
@@ -74,7 +77,8 @@ from runtime.errors import (
     VersionConflict,
 )
 
-# The decision vocabulary is part of this module's interface: the flow actor reads it as `fp.*`.
+# The decision vocabulary and the pending calls are part of this module's interface: the flow
+# actor reads them as `fp.*`.
 __all__ = [
     "CANCELLABLE",
     "EXPIRABLE",
@@ -102,14 +106,6 @@ _S = FlowState
 # States a flow may expire from: payment has not started (a recoverable FAILED may start again).
 EXPIRABLE: frozenset[FlowState] = frozenset(
     {_S.PRE_BOOKING, _S.PAYMENT_PENDING, _S.PAYMENT_ACTIVE, _S.FAILED}
-)
-# Intent statuses the provider still lets us cancel.
-CANCELLABLE: frozenset[str] = frozenset(
-    {
-        IntentStatus.REQUIRES_PAYMENT_METHOD,
-        IntentStatus.REQUIRES_CONFIRMATION,
-        IntentStatus.REQUIRES_ACTION,
-    }
 )
 
 
@@ -194,7 +190,9 @@ def _persist(
     steps = tuple(versions(flow, events))
     after = steps[-1]
     effects = (_PUBLISH, *_consequences(flow, after), *pending_calls(after))
-    return persisting(tuple(events), steps, aliases, effects, reply)
+    return Decision(
+        events=tuple(events), steps=steps, aliases=aliases, effects=effects, reply=reply
+    )
 
 
 # Effects without fields are values: one instance each serves every decision.
@@ -222,72 +220,15 @@ def _watching(flow: Flow, terminal: bool) -> bool:
     return flow.intent_id is not None and flow.state is not _S.FAILED and not terminal
 
 
-# --- provider calls -------------------------------------------------------------------------------
-
-
-def pending_calls(flow: Flow) -> tuple[ProviderCall, ...]:
-    """The provider call this flow's persisted state is waiting for, if any."""
-    op = _awaited_op(flow)
-    if op is None:
-        return ()
-    if op is ProviderOp.CREATE_INTENT:
-        return (_create_call(flow, str(flow.payment_method)),)
-    return (_intent_call(flow, op, str(flow.intent_id)),)
-
-
-def _awaited_op(flow: Flow) -> ProviderOp | None:
-    """The op of `pending_calls(flow)`, without building the call: an answer only needs to be
-    matched against it (a create's call is on the intent-less flow, the others on its intent)."""
-    if flow.state is _S.PAYMENT_ACTIVE and flow.intent_id is None and flow.payment_method:
-        return ProviderOp.CREATE_INTENT
-    confirming = flow.provider_status == IntentStatus.REQUIRES_CONFIRMATION
-    if flow.state is _S.PAYMENT_PROCESSING and flow.intent_id is not None and confirming:
-        return ProviderOp.CONFIRM_INTENT
-    ended = flow.state in (_S.CANCELLED, _S.EXPIRED)
-    if ended and flow.intent_id is not None and flow.provider_status in CANCELLABLE:
-        return ProviderOp.CANCEL_INTENT
-    return None
-
-
-def _idempotency_key(flow: Flow, op: ProviderOp) -> str:
-    if op is ProviderOp.CREATE_INTENT:
-        return f"{flow.flow_id}:create_intent:{flow.attempts}:{flow.version}"
-    return f"{flow.flow_id}:{op.value}:{flow.attempts}"
-
-
-def _create_call(flow: Flow, payment_method: str) -> ProviderCall:
-    return ProviderCall(
-        op=ProviderOp.CREATE_INTENT,
-        flow_id=flow.flow_id,
-        idempotency_key=_idempotency_key(flow, ProviderOp.CREATE_INTENT),
-        amount=flow.amount,
-        currency=flow.currency,
-        payment_method=payment_method,
-        metadata={"flow_id": flow.flow_id},
-    )
-
-
-def _intent_call(flow: Flow, op: ProviderOp, intent_id: str) -> ProviderCall:
-    return ProviderCall(
-        op=op,
-        flow_id=flow.flow_id,
-        intent_id=intent_id,
-        idempotency_key=_idempotency_key(flow, op),
-    )
-
-
-def is_pending(flow: Flow, call: ProviderCall) -> bool:
-    """Whether `call` is still what the flow waits for (not superseded by a newer decision)."""
-    op = _awaited_op(flow)
-    return op is not None and call.idempotency_key == _idempotency_key(flow, op)
+# --- provider answers -----------------------------------------------------------------------------
 
 
 def on_provider_result(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
     """What the answer to one of this flow's provider calls changes."""
     call = result.call
-    op = _awaited_op(flow)
+    op = awaited_op(flow)
     awaited = op is not None and (
-        call.idempotency_key == _idempotency_key(flow, op)
+        call.idempotency_key == idempotency_key(flow, op)
         or _rereads_refused_confirm(flow, op, call)
     )
     if isinstance(result.error, ProviderUnavailable):
@@ -324,7 +265,7 @@ def _confirmed(flow: Flow, result: ProviderResult, ctx: Context, *, pending: boo
         # The provider refused to confirm. When the customer already confirmed with Stripe.js
         # (as Stripe recommends for cards), the intent has moved on and the refusal is no
         # failure: the money may be taken. Re-read the intent before deciding anything.
-        reread = _intent_call(flow, ProviderOp.RETRIEVE_INTENT, str(flow.intent_id))
+        reread = intent_call(flow, ProviderOp.RETRIEVE_INTENT, str(flow.intent_id))
         return Decision(effects=(reread,))
     return _persist(flow, _status_events(flow, intent.status, intent=intent, ctx=ctx))
 

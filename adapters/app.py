@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import structlog
 
 from actors.commands import Ack, Command, Created, CreateFlow, FlowRequest, Join, Leave, Reply
-from actors.flow_actor import resolve_flow
 from actors.flow_core import Flow, apply, event_from_record
+from actors.flow_journal import resolve_flow
 from actors.flow_view import status_view
 from actors.messages import IDEMPOTENCY_NAMESPACE, ClientCommand, StatusPublisher
 from actors.provider import ProviderEvent

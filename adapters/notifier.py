@@ -27,8 +27,8 @@ from typing import Any
 import aiohttp
 import structlog
 
-from actors.flow_actor import load_flow
 from actors.flow_core import status_view
+from actors.flow_journal import load_flow
 from runtime.backoff import Backoff
 from runtime.journal import Journal
 

@@ -9,8 +9,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from actors.flow_actor import load_flow, resolve_flow
 from actors.flow_core import Flow, apply, event_from_record
+from actors.flow_journal import load_flow, resolve_flow
 from actors.socket_manager import SocketManager
 from adapters.control_protocol import JsonObject
 from adapters.feeds import FEED_TAG

@@ -21,7 +21,7 @@ from actors.commands import (
     SelectMethod,
     Submit,
 )
-from actors.flow_actor import load_flow
+from actors.flow_journal import load_flow
 from actors.flow_view import status_view
 from actors.messages import ClientCommand, ClientPresence
 from adapters.domain import DomainSettings

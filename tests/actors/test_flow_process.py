@@ -300,23 +300,6 @@ def test_the_payment_policy_follows_the_configured_retry_limit() -> None:
     assert limits == [0, 3, 0, 1]
 
 
-def test_a_context_at_another_time_keeps_every_limit() -> None:
-    limits = fp.Context(now=1.0, retry_limit=3, preserve_window=9.0, call_retry_delay=0.25)
-    later = limits.at(5.0)
-    assert later == dataclasses.replace(limits, now=5.0)
-    assert later.payment_policy.retries == 3
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        later.now = 6.0  # type: ignore[misc]
-
-
-def test_a_persisting_decision_is_the_value_its_constructor_builds() -> None:
-    flow = _with_intent()
-    submitted = fp.decide(flow, Submit(id="f1", token=T), CTX)
-    fields = {f.name: getattr(submitted, f.name) for f in dataclasses.fields(fp.Decision)}
-    assert submitted == fp.Decision(**fields)
-    assert (submitted.error, submitted.reply) == (None, fp.ReplyKind.ACK)
-
-
 def test_answers_are_matched_on_the_pending_key_without_building_calls() -> None:
     flow = _with_intent()
     submitted = fp.decide(flow, Submit(id="f1", token=T), CTX).steps[-1]

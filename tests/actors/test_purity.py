@@ -27,6 +27,8 @@ PURE_MODULES: list[str] = [
     "actors.recovery",
     "actors.provider",
     "actors.flow_process",
+    "actors.flow_calls",
+    "actors.flow_journal",
     "actors.tokens",
 ]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -45,8 +47,9 @@ def _session(app: FlowApp) -> Session:
     return next(iter(app.sessions.values()))
 
 
-def _blocking_the_loop(running: BridgeThread, push: list[bytes], session: Session) -> None:
-    """Send `push` from this thread while the loop is held, so all land in one inbox batch."""
+@contextmanager
+def _loop_held(running: BridgeThread) -> Iterator[None]:
+    """Hold the loop for the block, so everything handed over inside lands in one batch."""
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -56,10 +59,16 @@ def _blocking_the_loop(running: BridgeThread, push: list[bytes], session: Sessio
     running.loop.call_soon_threadsafe(hold)
     assert held.wait(WAIT)
     try:
-        for frame in push:
-            assert session.send(frame)
+        yield
     finally:
         release.set()
+
+
+def _blocking_the_loop(running: BridgeThread, push: list[bytes], session: Session) -> None:
+    """Send `push` from this thread while the loop is held, so all land in one inbox batch."""
+    with _loop_held(running):
+        for frame in push:
+            assert session.send(frame)
 
 
 @pytest.mark.parametrize("compression", [False, True], ids=["plain", "deflate"])
@@ -131,18 +140,7 @@ def test_a_reply_handed_over_with_later_frames_is_written_before_them() -> None:
             session.send(await answer)
 
         running.on_loop(lambda: running.loop.create_task(request()))
-        handoff = handoff_for(running.loop)
-        held, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            held.set()
-            release.wait(WAIT)
-
-        running.loop.call_soon_threadsafe(hold)
-        assert held.wait(WAIT)
-        try:
-            handoff.call(answer.set_result, b"ack")
+        with _loop_held(running):
+            handoff_for(running.loop).call(answer.set_result, b"ack")
             assert session.send(b"status")
-        finally:
-            release.set()
         assert [ws.recv(timeout=WAIT), ws.recv(timeout=WAIT)] == [b"ack", b"status"]

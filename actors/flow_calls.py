@@ -1,0 +1,87 @@
+"""The provider calls a flow waits for, derived from its persisted state alone.
+
+Pure (no I/O, no pykka). Because a call follows from the flow and nothing else, a flow loaded
+after a crash re-issues exactly the call it had persisted the cause of, with the same
+idempotency key:
+- `{flow_id}:create_intent:{attempt}:{version}`: one intent per selected method (switching the
+  method within an attempt creates a new one, hence the version of the `method_selected`);
+- `{flow_id}:confirm_intent:{attempt}`: one confirm per attempt;
+- `{flow_id}:cancel_intent:{attempt}`: a cancelled or expired flow cancels its intent once.
+
+`actors.flow_process` decides when these calls go out and what their answers mean.
+"""
+
+from __future__ import annotations
+
+from actors.flow_core import Flow, FlowState
+from actors.messages import ProviderCall, ProviderOp
+from actors.provider import IntentStatus
+
+_S = FlowState
+# Intent statuses the provider still lets us cancel.
+CANCELLABLE: frozenset[str] = frozenset(
+    {
+        IntentStatus.REQUIRES_PAYMENT_METHOD,
+        IntentStatus.REQUIRES_CONFIRMATION,
+        IntentStatus.REQUIRES_ACTION,
+    }
+)
+
+
+def pending_calls(flow: Flow) -> tuple[ProviderCall, ...]:
+    """The provider call this flow's persisted state is waiting for, if any."""
+    op = awaited_op(flow)
+    if op is None:
+        return ()
+    if op is ProviderOp.CREATE_INTENT:
+        return (_create_call(flow, str(flow.payment_method)),)
+    return (intent_call(flow, op, str(flow.intent_id)),)
+
+
+def awaited_op(flow: Flow) -> ProviderOp | None:
+    """The op of `pending_calls(flow)`, without building the call: an answer only needs to be
+    matched against it (a create's call is on the intent-less flow, the others on its intent)."""
+    if flow.state is _S.PAYMENT_ACTIVE and flow.intent_id is None and flow.payment_method:
+        return ProviderOp.CREATE_INTENT
+    confirming = flow.provider_status == IntentStatus.REQUIRES_CONFIRMATION
+    if flow.state is _S.PAYMENT_PROCESSING and flow.intent_id is not None and confirming:
+        return ProviderOp.CONFIRM_INTENT
+    ended = flow.state in (_S.CANCELLED, _S.EXPIRED)
+    if ended and flow.intent_id is not None and flow.provider_status in CANCELLABLE:
+        return ProviderOp.CANCEL_INTENT
+    return None
+
+
+def idempotency_key(flow: Flow, op: ProviderOp) -> str:
+    """The key `flow`'s call of `op` carries (see the module docstring)."""
+    if op is ProviderOp.CREATE_INTENT:
+        return f"{flow.flow_id}:create_intent:{flow.attempts}:{flow.version}"
+    return f"{flow.flow_id}:{op.value}:{flow.attempts}"
+
+
+def _create_call(flow: Flow, payment_method: str) -> ProviderCall:
+    return ProviderCall(
+        op=ProviderOp.CREATE_INTENT,
+        flow_id=flow.flow_id,
+        idempotency_key=idempotency_key(flow, ProviderOp.CREATE_INTENT),
+        amount=flow.amount,
+        currency=flow.currency,
+        payment_method=payment_method,
+        metadata={"flow_id": flow.flow_id},
+    )
+
+
+def intent_call(flow: Flow, op: ProviderOp, intent_id: str) -> ProviderCall:
+    """A call of `op` on an intent the flow already has (confirm, cancel, re-read)."""
+    return ProviderCall(
+        op=op,
+        flow_id=flow.flow_id,
+        intent_id=intent_id,
+        idempotency_key=idempotency_key(flow, op),
+    )
+
+
+def is_pending(flow: Flow, call: ProviderCall) -> bool:
+    """Whether `call` is still what the flow waits for (not superseded by a newer decision)."""
+    op = awaited_op(flow)
+    return op is not None and call.idempotency_key == idempotency_key(flow, op)
