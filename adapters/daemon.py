@@ -53,10 +53,13 @@ _METRICS_EVERY_S = 1.0
 _NOTIFY_SINCE_KEY = "notify_since"  # journal meta: when --notify-url was first used
 _RESTART_WAIT_S = 5.0  # how long `payflowctl restart` waits for a supervisor to answer
 _LOG_BATCH_S = 0.005  # info log lines are written in batches this far apart (logging_setup)
-# Cyclic GC: with CPython's default thresholds (700, 10, 10) a loaded daemon spent ~10% of its
-# CPU in collections, mostly full ones walking every live flow (payflow-bench, 200 clients:
-# 2.2 s of 21.5 s). Young generations are still collected often; full walks become rare.
-_GC_THRESHOLDS = (20_000, 50, 50)
+# Cyclic GC. With CPython's defaults (700, 10, 10) a loaded daemon spent 13% of its CPU in
+# collections, most in full ones walking every live flow (payflow-bench, 200 clients, 40 s:
+# 5.6 s of 42.7 s, 13 full collections of up to 410 ms). These thresholds: 0.7 s, young
+# generations still collected every second or so, and a full collection every ~100 young ones
+# (about two minutes at that load), so cyclic garbage that outlived a young collection (stopped
+# actors) is still returned and memory levels off (300 s soak, 100 clients: ~495 MiB).
+_GC_THRESHOLDS = (20_000, 20, 5)
 
 
 def _log() -> Any:

@@ -123,7 +123,7 @@ CANCEL_RESULT: Mapping[str, Any] = {"status": _S.CANCELED, "next_action": None}
 # character took ~3 us, and a payment makes four ids (intent, client secret, two events).
 _TOKEN_BYTES = 18
 CALLS_KEPT = 10_000
-REMEMBERED = 200_000
+REMEMBERED = 50_000
 _ALPHANUMERIC = bytes.maketrans(b"+/", b"Az")
 
 Reply = Intent | asyncio.Future[Intent]
