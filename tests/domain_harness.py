@@ -11,7 +11,6 @@ asyncio loop thread running the provider (dummy, or Stripe against localstripe),
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -30,22 +29,11 @@ from runtime.journal import StoredEvent
 from runtime.sqlite_journal import SQLiteJournal
 from runtime.system import ActorSystem
 from tests.localstripe import CARD_DECLINES, CARD_NEEDS_3DS, LocalStripe
+from tests.waiting import WAIT_S, wait_until
 
 PAYS, DECLINES, NEEDS_3DS = "pays", "declines", "needs_3ds"
-WAIT_S = 10.0
 
 View = Mapping[str, Any]
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = WAIT_S, what: str = "") -> Any:
-    """Poll `condition` until it returns something truthy (returned), or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.01)  # polling a condition, bounded by the deadline
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
 
 
 class RecordingPublisher:

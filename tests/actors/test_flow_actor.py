@@ -27,8 +27,9 @@ from actors.messages import ClientCommand, ClientPresence
 from adapters.domain import DomainSettings
 from runtime.errors import AliasConflict, InvalidTransition, VersionConflict
 from runtime.journal import LoadedStream
-from tests.domain_harness import DECLINES, NEEDS_3DS, PAYS, Backend, Harness, running, wait_until
+from tests.domain_harness import DECLINES, NEEDS_3DS, PAYS, Backend, Harness, running
 from tests.localstripe import LocalStripe
+from tests.waiting import wait_until
 
 
 @pytest.fixture(params=["dummy", "localstripe"])

@@ -11,8 +11,9 @@ import pytest
 from actors.commands import AttachBooking, SelectMethod, Submit
 from adapters.dummy_provider import DummyProvider
 from adapters.effects import LoopThread
-from tests.domain_harness import PAYS, Backend, Harness, start, wait_until
+from tests.domain_harness import PAYS, Backend, Harness, start
 from tests.localstripe import HttpServer, LocalStripe, recording_proxy
+from tests.waiting import wait_until
 
 SLOW_S = 0.4  # how long the provider takes to answer a create: the window to stop the system in
 

@@ -11,7 +11,7 @@ import pytest
 from actors.messages import ClientPresence
 from actors.socket_manager import SocketManager, SocketManagerActor
 from runtime.system import ActorSystem
-from tests.adapters.bridge_harness import wait_until
+from tests.waiting import wait_until
 
 
 class RecordingSession:

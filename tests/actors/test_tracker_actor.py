@@ -11,8 +11,9 @@ from actors.commands import AttachBooking, SelectMethod
 from actors.provider import ProviderEvent
 from adapters.domain import DomainSettings
 from adapters.dummy_provider import DummyProvider
-from tests.domain_harness import PAYS, Backend, Harness, running, wait_until
+from tests.domain_harness import PAYS, Backend, Harness, running
 from tests.localstripe import LocalStripe
+from tests.waiting import wait_until
 
 
 @pytest.fixture(params=["dummy", "localstripe"])

@@ -186,16 +186,6 @@ class BridgeThread:
         return self.call(run())
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll `condition` until it holds; fail the test with `what` past the deadline."""
-    event = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        event.wait(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def pack(**fields: Any) -> bytes:
     packed: bytes = msgpack.packb(fields, use_bin_type=True)
     return packed

@@ -29,8 +29,8 @@ from tests.adapters.bridge_harness import (
     pack,
     read_until_closed,
     unpack,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 ROOMY = BridgeLimits(request_rate=100_000, request_burst=100_000, ping_interval=None)
 

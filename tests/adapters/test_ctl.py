@@ -8,8 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tests.adapters.test_control import (
     FixedApi,
     ServedControl,
 )
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -224,13 +224,6 @@ def test_top_shows_status_and_flows_for_a_given_count(served: ServedControl) -> 
     assert result.stdout.index("flw_alpha") < result.stdout.index("flw_beta")
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def start_top(path: Path) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "adapters.ctl", "--control", str(path), "top"]
     return subprocess.Popen(
@@ -244,7 +237,7 @@ def start_top(path: Path) -> subprocess.Popen[str]:
 
 def test_top_ends_cleanly_on_ctrl_c(served: ServedControl, api: FixedApi) -> None:
     top = start_top(served.path)
-    wait_for(lambda: api.calls.count("ps") >= 2, "top to refresh twice")
+    wait_until(lambda: api.calls.count("ps") >= 2, "top to refresh twice")
     top.send_signal(signal.SIGINT)
     out, err = top.communicate(timeout=10)
     assert top.returncode == 0, err
@@ -253,7 +246,7 @@ def test_top_ends_cleanly_on_ctrl_c(served: ServedControl, api: FixedApi) -> Non
 
 def test_top_exits_3_when_the_daemon_goes_away(served: ServedControl, api: FixedApi) -> None:
     top = start_top(served.path)
-    wait_for(lambda: api.calls.count("ps") >= 1, "top to refresh")
+    wait_until(lambda: api.calls.count("ps") >= 1, "top to refresh")
     served.stop()
     _out, err = top.communicate(timeout=10)
     assert top.returncode == 3

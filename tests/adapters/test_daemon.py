@@ -31,6 +31,7 @@ from runtime.errors import AliasConflict, Forbidden, NotFound, Overloaded
 from tests.adapters.test_feeds import FeedServer, event_frame
 from tests.daemon_harness import DaemonProcess, free_port, launch, run_payflowd, running_daemon
 from tests.localstripe import LocalStripe, recording_proxy, sign_webhook
+from tests.waiting import wait_until
 
 BAD_INVOCATIONS = [
     pytest.param(["--listen", "nowhere"], {}, id="listen-without-port"),
@@ -414,10 +415,8 @@ def test_metrics_move_and_logs_name_the_flow_without_its_secrets(tmp_path: Path)
                 return flow_id, token, str(seen[-1]["client_secret"])
 
         flow_id, token, client_secret = asyncio.run(scenario())
-        deadline = time.monotonic() + WAIT
-        while _samples(fresh)[completed] != 1:  # the flow gauges refresh every second
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        # The flow gauges refresh every second.
+        wait_until(lambda: _samples(fresh)[completed] == 1, "the completed flow counted", WAIT)
         after = _samples(fresh)
         assert _total(after, "payflowd_provider_call_seconds_count") > _total(
             before, "payflowd_provider_call_seconds_count"
@@ -462,13 +461,6 @@ def _feed_row(daemon: DaemonProcess) -> dict[str, Any]:
     return rows[0]
 
 
-def _wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)  # polling the daemon's own report
-
-
 def test_feeds_reconnect_resubscribe_since_and_turn_error_after_the_retry_limit(
     tmp_path: Path,
 ) -> None:
@@ -478,15 +470,17 @@ def test_feeds_reconnect_resubscribe_since_and_turn_error_after_the_retry_limit(
         url = server.feed.url
         first = launch(tmp_path, ["--feed", url])
         try:
-            _wait_for(lambda: _feed_row(first)["state"] == "MONITORING", "feed monitoring")
+            wait_until(lambda: _feed_row(first)["state"] == "MONITORING", "feed monitoring", WAIT)
             assert server.feed.subscribes == [0]
             server.call(server.feed.push(**event_frame("evt_a", 50)))
-            _wait_for(lambda: _feed_row(first)["since"] == 50, "event applied")
+            wait_until(lambda: _feed_row(first)["since"] == 50, "event applied", WAIT)
             server.call(server.feed.stop())
             server.call(server.feed.start())
-            _wait_for(lambda: server.feed.subscribes == [0, 50], "resubscribed with since")
+            wait_until(lambda: server.feed.subscribes == [0, 50], "resubscribed with since", WAIT)
             server.call(server.feed.stop())
-            _wait_for(lambda: _feed_row(first)["state"] == "ERROR", "ERROR after the retries")
+            wait_until(
+                lambda: _feed_row(first)["state"] == "ERROR", "ERROR after the retries", WAIT
+            )
             assert _feed_row(first)["reconnects"] >= 3
             assert any(event.get("event") == "feed_error" for event in first.log_events())
             assert first.stop() == 0
@@ -495,7 +489,7 @@ def test_feeds_reconnect_resubscribe_since_and_turn_error_after_the_retry_limit(
         server.call(server.feed.start())
         second = first.restart()
         try:
-            _wait_for(lambda: server.feed.subscribes[-1:] == [50], "a restart resumes since")
+            wait_until(lambda: server.feed.subscribes[-1:] == [50], "a restart resumes since", WAIT)
         finally:
             assert second.stop() == 0
     finally:
@@ -555,7 +549,7 @@ def test_a_completed_flow_is_posted_to_the_booking_backend_signed(tmp_path: Path
     try:
         with running_daemon(tmp_path, ["--notify-url", backend.url], env=env) as daemon:
             flow_id = _completed_flow(daemon, "pre_notify")
-            _wait_for(lambda: bool(backend.received), "the backend notification")
+            wait_until(lambda: bool(backend.received), "the backend notification", WAIT)
     finally:
         backend.close()
     headers, body = backend.received[0]
@@ -698,7 +692,9 @@ def test_signed_webhooks_repeated_and_out_of_order_with_polls_complete_the_flow_
             assert _post(url, body, {"Stripe-Signature": sig}) == 200
         forged = _intent_event("evt_forged", intent_id, "processing", now + 5)
         assert _post(url, forged, {"Stripe-Signature": sign_webhook(forged, "whsec_wrong")}) == 400
-        _wait_for(lambda: daemon.ctl_json("inspect", flow_id)["state"] == "COMPLETED", "completed")
+        wait_until(
+            lambda: daemon.ctl_json("inspect", flow_id)["state"] == "COMPLETED", "completed", WAIT
+        )
         time.sleep(1.5)  # polls and the duplicates keep arriving: nothing may move it again
         history = daemon.ctl_json("history", flow_id)
     events = [row["event"] for row in history]

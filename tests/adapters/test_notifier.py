@@ -18,8 +18,9 @@ from adapters.effects import LoopThread
 from adapters.notifier import SIGNATURE_HEADER, Notifier, Outbox
 from runtime.backoff import Backoff
 from runtime.sqlite_journal import SQLiteJournal
-from tests.domain_harness import Backend, start, wait_until
+from tests.domain_harness import Backend, start
 from tests.localstripe import HttpServer, SeenRequest, serve
+from tests.waiting import wait_until
 
 SECRET = "whsec_notify_test"
 FAST = Backoff(base=0.01, cap=0.05)

@@ -15,14 +15,8 @@ from websockets.sync.client import connect
 from adapters.bridge import BridgeLimits
 from adapters.loop_handoff import handoff_for
 from adapters.session import Session
-from tests.adapters.bridge_harness import (
-    WAIT,
-    BridgeThread,
-    FlowApp,
-    pack,
-    unpack,
-    wait_until,
-)
+from tests.adapters.bridge_harness import WAIT, BridgeThread, FlowApp, pack, unpack
+from tests.waiting import wait_until
 
 ROOMY = BridgeLimits(request_rate=100_000, request_burst=100_000, ping_interval=None)
 # Around each boundary of a websocket frame's length field (7 bits, 16 bits, 64 bits).

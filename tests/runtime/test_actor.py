@@ -6,8 +6,7 @@ Also home of the helpers the other runtime tests share (`wait_until`, the `syste
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pykka
@@ -17,15 +16,7 @@ from runtime.actor import Actor, current_system
 from runtime.dispatcher import on_dispatcher_thread
 from runtime.errors import Internal
 from runtime.system import ActorSystem
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll `condition` until it holds; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.001)
+from tests.waiting import wait_until
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from runtime.actor import Actor
 from runtime.system import ActorSystem
-from tests.runtime.test_actor import wait_until
+from tests.waiting import wait_until
 
 
 class Gated(Actor):

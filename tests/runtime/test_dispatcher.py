@@ -14,7 +14,8 @@ from runtime.actor import Actor, Ref
 from runtime.dispatcher import Dispatcher, DispatchFuture, as_asyncio, on_dispatcher_thread
 from runtime.errors import Overloaded
 from runtime.system import ActorSystem
-from tests.runtime.test_actor import Blocker, wait_until
+from tests.runtime.test_actor import Blocker
+from tests.waiting import wait_until
 
 
 @pytest.fixture

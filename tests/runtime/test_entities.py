@@ -16,7 +16,7 @@ from runtime.actor import Actor, Cell
 from runtime.entities import EntityRegistry
 from runtime.errors import Internal
 from runtime.system import ActorSystem
-from tests.runtime.test_actor import wait_until
+from tests.waiting import wait_until
 
 
 @dataclass(frozen=True, slots=True)

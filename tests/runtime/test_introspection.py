@@ -9,7 +9,8 @@ from runtime.actor import Actor
 from runtime.introspection import Node, tree
 from runtime.supervisor import ChildSpec, Supervisor
 from runtime.system import ActorSystem
-from tests.runtime.test_actor import Blocker, Recorder, wait_until
+from tests.runtime.test_actor import Blocker, Recorder
+from tests.waiting import wait_until
 
 
 class Idle(Actor):

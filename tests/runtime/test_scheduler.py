@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pykka
 import pytest
@@ -15,17 +15,9 @@ from structlog.testing import capture_logs
 
 from runtime.errors import Internal, Overloaded
 from runtime.scheduler import THREAD_NAME, Scheduler, next_periodic_deadline
+from tests.waiting import wait_until
 
 WAIT = 5.0  # generous upper bound for anything that should happen within milliseconds
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.002)
-    return True
 
 
 class Recorder:

@@ -14,7 +14,7 @@ from runtime.errors import Escalated
 from runtime.introspection import tree
 from runtime.supervisor import ONE_FOR_ALL, ChildSpec, RestartChild, Strategy, Supervisor
 from runtime.system import ActorSystem
-from tests.runtime.test_actor import wait_until
+from tests.waiting import wait_until
 
 _INSTANCES = itertools.count()
 

@@ -9,7 +9,8 @@ from runtime.actor import Actor
 from runtime.scheduler import Scheduler
 from runtime.supervisor import ChildSpec, Supervisor
 from runtime.system import ActorSystem
-from tests.runtime.test_actor import Recorder, wait_until
+from tests.runtime.test_actor import Recorder
+from tests.waiting import wait_until
 
 
 class Busy(Actor):
