@@ -233,6 +233,8 @@ class FlowActor(Actor):
 
     def _decided(self, decision: fp.Decision, command: ClientCommand | None = None) -> None:
         if not decision.events:
+            if command is not None:  # accepted with nothing to persist (a repeated cancel)
+                self._reply(command, self._success(command))
             self._act(decision.effects, ())
             return
         request = append_request(self.flow_id, self.flow, decision, self._deps.snapshot_every)
@@ -341,6 +343,12 @@ class FlowActor(Actor):
                 self._cancel_expiry()
             case fp.NotifyTerminal():
                 self._notify()
+            case fp.Alert():
+                self._alert(effect)
+
+    def _alert(self, alert: fp.Alert) -> None:
+        log = self._log.error if alert.level is fp.AlertLevel.ERROR else self._log.warning
+        log(alert.name.value, intent_id=alert.intent_id, provider_status=alert.provider_status)
 
     def _call(self, call: ProviderCall) -> None:
         key = call.idempotency_key or ""

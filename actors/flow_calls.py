@@ -6,25 +6,38 @@ idempotency key:
 - `{flow_id}:create_intent:{attempt}:{version}`: one intent per selected method (switching the
   method within an attempt creates a new one, hence the version of the `method_selected`);
 - `{flow_id}:confirm_intent:{attempt}`: one confirm per attempt;
-- `{flow_id}:cancel_intent:{attempt}`: a cancelled or expired flow cancels its intent once.
+- `{flow_id}:cancel_intent:{attempt}:{version}`: a cancel the customer asked for, one per request
+  (a request voided by a payment that got through first and a later one must not share a key:
+  the provider would replay the first one's refusal);
+- `{flow_id}:cancel_intent:{attempt}`: an expired flow cancels its intent once.
+
+A refused confirm or cancel is followed by a re-read of the intent (`retrieve_intent`, which
+changes nothing at the provider); `answers_awaited` matches it to the call it follows.
 
 `actors.flow_process` decides when these calls go out and what their answers mean.
 """
 
 from __future__ import annotations
 
-from actors.flow_core import Flow, FlowState
+from actors.flow_core import CANCELLABLE, Flow, FlowState
 from actors.messages import ProviderCall, ProviderOp
 from actors.provider import IntentStatus
 
+__all__ = [
+    "CANCELLABLE",
+    "answers_awaited",
+    "awaited_op",
+    "cancelling",
+    "idempotency_key",
+    "intent_call",
+    "is_pending",
+    "pending_calls",
+]
+
 _S = FlowState
-# Intent statuses the provider still lets us cancel.
-CANCELLABLE: frozenset[str] = frozenset(
-    {
-        IntentStatus.REQUIRES_PAYMENT_METHOD,
-        IntentStatus.REQUIRES_CONFIRMATION,
-        IntentStatus.REQUIRES_ACTION,
-    }
+# The calls whose refusal is followed by a re-read of the intent.
+_REREAD_AFTER: frozenset[ProviderOp] = frozenset(
+    {ProviderOp.CONFIRM_INTENT, ProviderOp.CANCEL_INTENT}
 )
 
 
@@ -46,16 +59,30 @@ def awaited_op(flow: Flow) -> ProviderOp | None:
     confirming = flow.provider_status == IntentStatus.REQUIRES_CONFIRMATION
     if flow.state is _S.PAYMENT_PROCESSING and flow.intent_id is not None and confirming:
         return ProviderOp.CONFIRM_INTENT
+    if cancelling(flow):
+        return ProviderOp.CANCEL_INTENT
+    # An expired flow (or one cancelled before cancel requests were recorded) cancels the intent
+    # after the fact.
     ended = flow.state in (_S.CANCELLED, _S.EXPIRED)
     if ended and flow.intent_id is not None and flow.provider_status in CANCELLABLE:
         return ProviderOp.CANCEL_INTENT
     return None
 
 
+def cancelling(flow: Flow) -> bool:
+    """Whether a cancel the customer asked for waits for the provider's answer."""
+    return (
+        flow.cancel_requested
+        and flow.intent_id is not None
+        and flow.provider_status in CANCELLABLE
+        and not flow.is_terminal
+    )
+
+
 def idempotency_key(flow: Flow, op: ProviderOp) -> str:
     """The key `flow`'s call of `op` carries (see the module docstring)."""
-    if op is ProviderOp.CREATE_INTENT:
-        return f"{flow.flow_id}:create_intent:{flow.attempts}:{flow.version}"
+    if op is ProviderOp.CREATE_INTENT or (op is ProviderOp.CANCEL_INTENT and cancelling(flow)):
+        return f"{flow.flow_id}:{op.value}:{flow.attempts}:{flow.version}"
     return f"{flow.flow_id}:{op.value}:{flow.attempts}"
 
 
@@ -81,7 +108,16 @@ def intent_call(flow: Flow, op: ProviderOp, intent_id: str) -> ProviderCall:
     )
 
 
-def is_pending(flow: Flow, call: ProviderCall) -> bool:
-    """Whether `call` is still what the flow waits for (not superseded by a newer decision)."""
+def answers_awaited(flow: Flow, call: ProviderCall) -> bool:
+    """Whether `call` is still what the flow waits for (not superseded by a newer decision):
+    the awaited call itself, or the re-read of the flow's intent that follows its refusal."""
     op = awaited_op(flow)
-    return op is not None and call.idempotency_key == idempotency_key(flow, op)
+    if op is None:
+        return False
+    if call.op is ProviderOp.RETRIEVE_INTENT:
+        return op in _REREAD_AFTER and call.intent_id == flow.intent_id
+    return call.idempotency_key == idempotency_key(flow, op)
+
+
+# A call to send again later (after `ProviderUnavailable`) goes out only while still awaited.
+is_pending = answers_awaited

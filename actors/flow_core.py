@@ -25,6 +25,7 @@ from actors.flow_events import (
     ActionRequired,
     BookingAttached,
     Cancelled,
+    CancelRequested,
     Expired,
     FlowCreated,
     FlowEvent,
@@ -54,6 +55,8 @@ from actors.flow_model import (
 )
 from actors.flow_provider_map import DECLINED, PROVIDER_STATUS_EVENTS, events_for_provider_status
 from actors.flow_states import (
+    CANCEL_REQUEST_STATES,
+    CANCELLABLE,
     GUARDS,
     MODAL,
     STEP,
@@ -79,6 +82,8 @@ from actors.recovery import (
 )
 
 __all__ = [
+    "CANCELLABLE",
+    "CANCEL_REQUEST_STATES",
     "DECLINED",
     "DEFAULT_POLICIES",
     "EVENT_CLASSES",
@@ -93,6 +98,7 @@ __all__ = [
     "ActionRequired",
     "Backoff",
     "BookingAttached",
+    "CancelRequested",
     "Cancelled",
     "EventType",
     "Expired",

@@ -162,9 +162,23 @@ class Retried:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CancelRequested:
+    """The customer asked to cancel while the intent could still be paid: the flow cancels it at
+    the provider and ends only on the answer (persisted before the provider call)."""
+
+    event_type: ClassVar[EventType] = EventType.CANCEL_REQUESTED
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Cancelled:
+    """The flow is cancelled. `provider_status` is the intent's status the provider reported
+    with it (`canceled` once the cancel went through); None when no intent was asked, as in
+    records written before the field existed."""
+
     event_type: ClassVar[EventType] = EventType.CANCELLED
     at: float
+    provider_status: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,6 +199,7 @@ FlowEvent = (
     | PaymentSucceeded
     | PaymentFailed
     | Retried
+    | CancelRequested
     | Cancelled
     | Expired
 )
@@ -203,6 +218,7 @@ EVENT_CLASSES: Mapping[EventType, type[FlowEvent]] = {
         PaymentSucceeded,
         PaymentFailed,
         Retried,
+        CancelRequested,
         Cancelled,
         Expired,
     )

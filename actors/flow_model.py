@@ -25,6 +25,7 @@ from actors.flow_events import (
     ActionRequired,
     BookingAttached,
     Cancelled,
+    CancelRequested,
     Expired,
     FlowCreated,
     FlowEvent,
@@ -38,7 +39,15 @@ from actors.flow_events import (
     Submitted,
     event_from_record,
 )
-from actors.flow_states import GUARDS, TRANSITIONS, EventType, FlowState, Guard
+from actors.flow_states import (
+    CANCEL_REQUEST_STATES,
+    CANCELLABLE,
+    GUARDS,
+    TRANSITIONS,
+    EventType,
+    FlowState,
+    Guard,
+)
 from runtime.errors import Internal, InvalidTransition
 
 
@@ -70,6 +79,9 @@ class Flow:
     next_action: Mapping[str, Any] | None = None  # only in REQUIRES_ACTION
     error: FlowError | None = None  # only in FAILED
     attempts: int = 0
+    # The customer asked to cancel and the provider has not answered yet; only in the states a
+    # cancel may be requested in (CANCEL_REQUEST_STATES).
+    cancel_requested: bool = False
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -88,29 +100,37 @@ class Flow:
 _GUARD_HOLDS: Mapping[Guard, Callable[[Flow], bool]] = {
     Guard.RECOVERABLE_ERROR: lambda flow: flow.error is not None and flow.error.recoverable,
     Guard.HAS_INTENT: lambda flow: flow.intent_id is not None,
+    Guard.CANCELLABLE_INTENT: lambda flow: (
+        flow.intent_id is not None and flow.provider_status in CANCELLABLE
+    ),
+    Guard.NO_CANCEL_REQUESTED: lambda flow: not flow.cancel_requested,
 }
 
 _GUARD_REFUSAL: Mapping[Guard, str] = {
     Guard.RECOVERABLE_ERROR: "the failure is not recoverable",
     Guard.HAS_INTENT: "no payment intent exists yet",
+    Guard.CANCELLABLE_INTENT: "no payment intent the provider could still cancel",
+    Guard.NO_CANCEL_REQUESTED: "a cancel is on its way",
 }
 
-# The two tables joined once, per state: event type -> (target, guard or None). `apply` runs
-# for every event a flow persists and `allowed_events` for every terminality check, so each
-# looks up one row instead of walking both tables per call.
-_EDGES: Mapping[FlowState, Mapping[EventType, tuple[FlowState, Guard | None]]] = {
-    state: {event: (target, GUARDS.get(state, {}).get(event)) for event, target in row.items()}
+_Guards = tuple[Guard, ...]
+# The two tables joined once, per state: event type -> (target, guards). `apply` runs for every
+# event a flow persists and `allowed_events` for every terminality check, so each looks up one
+# row instead of walking both tables per call.
+_EDGES: Mapping[FlowState, Mapping[EventType, tuple[FlowState, _Guards]]] = {
+    state: {event: (target, GUARDS.get(state, {}).get(event, ())) for event, target in row.items()}
     for state, row in TRANSITIONS.items()
 }
-# Per state: the event types no guard restricts, then each guard with the event types it opens.
+# Per state: the event types no guard restricts, then each set of guards with the event types
+# it opens.
 _FREE_EVENTS: Mapping[FlowState, frozenset[EventType]] = {
-    state: frozenset(event for event, (_, guard) in row.items() if guard is None)
+    state: frozenset(event for event, (_, guards) in row.items() if not guards)
     for state, row in _EDGES.items()
 }
-_GUARDED_EVENTS: Mapping[FlowState, tuple[tuple[Guard, frozenset[EventType]], ...]] = {
+_GUARDED_EVENTS: Mapping[FlowState, tuple[tuple[_Guards, frozenset[EventType]], ...]] = {
     state: tuple(
-        (guard, frozenset(event for event, (_, g) in row.items() if g is guard))
-        for guard in dict.fromkeys(g for _, g in row.values() if g is not None)
+        (guards, frozenset(event for event, (_, g) in row.items() if g == guards))
+        for guards in dict.fromkeys(g for _, g in row.values() if g)
     )
     for state, row in _EDGES.items()
 }
@@ -119,8 +139,8 @@ _GUARDED_EVENTS: Mapping[FlowState, tuple[tuple[Guard, frozenset[EventType]], ..
 def allowed_events(flow: Flow) -> frozenset[EventType]:
     """The event types `apply` accepts for this flow right now."""
     allowed = _FREE_EVENTS[flow.state]
-    for guard, events in _GUARDED_EVENTS[flow.state]:
-        if _GUARD_HOLDS[guard](flow):
+    for guards, events in _GUARDED_EVENTS[flow.state]:
+        if all(_GUARD_HOLDS[guard](flow) for guard in guards):
             allowed |= events
     return allowed
 
@@ -130,11 +150,12 @@ def next_state(flow: Flow, event_type: EventType) -> FlowState:
     edge = _EDGES[flow.state].get(event_type)
     if edge is None:
         raise InvalidTransition(f"flow in {flow.state} does not accept {event_type}")
-    target, guard = edge
-    if guard is not None and not _GUARD_HOLDS[guard](flow):
-        raise InvalidTransition(
-            f"flow in {flow.state} does not accept {event_type}: {_GUARD_REFUSAL[guard]}"
-        )
+    target, guards = edge
+    for guard in guards:
+        if not _GUARD_HOLDS[guard](flow):
+            raise InvalidTransition(
+                f"flow in {flow.state} does not accept {event_type}: {_GUARD_REFUSAL[guard]}"
+            )
     return target
 
 
@@ -157,6 +178,10 @@ def apply(flow: Flow, event: FlowEvent) -> Flow:
         changes["next_action"] = None
     if target is not FlowState.FAILED:
         changes["error"] = None
+    # A cancel request is answered in the state it was made in; once the flow moves on (the
+    # payment got through first), the request is over.
+    if target not in CANCEL_REQUEST_STATES:
+        changes["cancel_requested"] = False
     return _evolve(flow, changes)
 
 
@@ -177,6 +202,7 @@ class _Changes(TypedDict, total=False):
     next_action: Mapping[str, Any] | None
     error: FlowError | None
     attempts: int
+    cancel_requested: bool
     created_at: float
     updated_at: float
 
@@ -233,8 +259,16 @@ def _changes(flow: Flow, event: FlowEvent) -> _Changes:  # noqa: PLR0911 (one re
             return _failed(flow, event)
         case Retried():
             return {**_NO_INTENT, "payment_method": None}
-        case Submitted() | Cancelled() | Expired():
-            # Cancelled/expired keep the intent: the shell still has to cancel it upstream.
+        case CancelRequested():
+            return {"cancel_requested": True}
+        case Cancelled():
+            # Keeps the intent, with what the provider said of it. A record without a status
+            # (written before cancel requests existed) leaves the last one seen, so its intent
+            # is still cancelled upstream after the fact.
+            status = event.provider_status
+            return {} if status is None else {"provider_status": status}
+        case Submitted() | Expired():
+            # Expired keeps the intent: the shell still has to cancel it upstream.
             return {}
         case _:
             assert_never(event)
@@ -261,6 +295,8 @@ def replay_records(records: Iterable[tuple[str, Mapping[str, Any], float]], *, s
 
 
 _FLOW_FIELDS = tuple(f.name for f in fields(Flow))
+# Fields added after snapshots were first written: a snapshot without them takes the default.
+_LATER_FIELDS = frozenset({"cancel_requested"})
 
 
 def flow_to_snapshot(flow: Flow) -> dict[str, Any]:
@@ -275,7 +311,8 @@ def flow_to_snapshot(flow: Flow) -> dict[str, Any]:
 
 def flow_from_snapshot(snapshot: Mapping[str, Any]) -> Flow:
     """The flow `flow_to_snapshot` described; an unreadable snapshot is our bug: `Internal`."""
-    if set(snapshot) != set(_FLOW_FIELDS):
+    missing, known = set(_FLOW_FIELDS) - set(snapshot), set(_FLOW_FIELDS)
+    if not set(snapshot) <= known or not missing <= _LATER_FIELDS:
         raise Internal(f"flow snapshot fields {sorted(snapshot)} are not {sorted(_FLOW_FIELDS)}")
     try:
         error = snapshot["error"]

@@ -9,41 +9,44 @@ Checks for a client command come in the contract's order, after the application 
 (`invalid_transition`). A refused command is a decision with `error` and nothing else.
 
 Provider calls are derived from the flow alone (`pending_calls`, in actors/flow_calls.py, with
-their idempotency keys); this module decides what their answers change.
+their idempotency keys); actors/flow_answers.py decides what their answers change
+(`on_provider_result`, re-exported here).
+
+A cancel cannot end a flow whose intent the provider could still charge before the provider has
+answered: the customer may have confirmed it with Stripe.js, or passed 3-D Secure, a moment
+before. Such a cancel persists `cancel_requested` and cancels the intent; the answer ends the
+flow CANCELLED (`canceled`) or, when the payment got through first, follows it to COMPLETED.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 from actors.commands import AttachBooking, Cancel, Command, CreateFlow, Retry, SelectMethod, Submit
-from actors.flow_calls import (
-    CANCELLABLE,
-    awaited_op,
-    idempotency_key,
-    intent_call,
-    is_pending,
-    pending_calls,
-)
+from actors.flow_answers import on_provider_result
+from actors.flow_calls import CANCELLABLE, cancelling, is_pending, pending_calls
 from actors.flow_core import (
     BookingAttached,
     Cancelled,
+    CancelRequested,
+    EventType,
     Expired,
     Flow,
     FlowCreated,
     FlowEvent,
     FlowState,
-    IntentCreated,
     MethodSelected,
-    PaymentFailed,
     Retried,
     Submitted,
     attempt_for_selection,
-    events_for_provider_status,
+    next_state,
 )
 from actors.flow_decisions import (
     KEEP,
     NOTHING,
+    Alert,
+    AlertLevel,
+    AlertName,
     CallLater,
     CancelExpiry,
     Context,
@@ -53,35 +56,22 @@ from actors.flow_decisions import (
     Publish,
     ReplyKind,
     ScheduleExpiry,
+    persist,
+    status_events,
     versions,
+    watching,
 )
-from actors.messages import (
-    ID_NAMESPACE,
-    IDEMPOTENCY_NAMESPACE,
-    INTENT_NAMESPACE,
-    ProviderCall,
-    ProviderObservation,
-    ProviderOp,
-    ProviderResult,
-    StopTracking,
-    TrackIntent,
-)
-from actors.provider import Intent
-from runtime.errors import (
-    Conflict,
-    Internal,
-    PayflowError,
-    ProviderRejected,
-    ProviderUnavailable,
-    Rejected,
-    VersionConflict,
-)
+from actors.messages import ID_NAMESPACE, IDEMPOTENCY_NAMESPACE, ProviderObservation, TrackIntent
+from runtime.errors import Conflict, Internal, Rejected, VersionConflict
 
 # The decision vocabulary and the pending calls are part of this module's interface: the flow
 # actor reads them as `fp.*`.
 __all__ = [
     "CANCELLABLE",
     "EXPIRABLE",
+    "Alert",
+    "AlertLevel",
+    "AlertName",
     "CallLater",
     "CancelExpiry",
     "Context",
@@ -118,7 +108,7 @@ def decide(flow: Flow, command: Command, ctx: Context) -> Decision:
     try:
         _check_version(flow, command)
         events, aliases = _command_events(flow, command, ctx)
-        return _persist(flow, events, aliases, reply=kind)
+        return persist(flow, events, aliases, reply=kind)
     except (Rejected, Conflict) as error:
         return Decision(error=error)
 
@@ -136,8 +126,24 @@ def _check_version(flow: Flow, command: Command) -> None:
 _Aliases = tuple[tuple[str, str], ...]
 
 
+# The event each command persists, where it is always the same one: the table is asked before
+# the event is built, so a command the state refuses is `invalid_transition` even when the event
+# could not be built for that state (a selection's attempt number exists in PAYMENT_PENDING
+# and PAYMENT_ACTIVE only).
+_EVENT_OF: Mapping[type[Command], EventType] = {
+    CreateFlow: EventType.FLOW_CREATED,
+    AttachBooking: EventType.BOOKING_ATTACHED,
+    SelectMethod: EventType.METHOD_SELECTED,
+    Submit: EventType.SUBMITTED,
+    Retry: EventType.RETRIED,
+}
+
+
 def _command_events(flow: Flow, command: Command, ctx: Context) -> tuple[list[FlowEvent], _Aliases]:
     at = ctx.now
+    kind = _EVENT_OF.get(type(command))
+    if kind is not None:
+        next_state(flow, kind)  # InvalidTransition before anything is built
     match command:
         case CreateFlow():
             return [_created(flow, command, at)], _create_aliases(flow.flow_id, command)
@@ -153,9 +159,20 @@ def _command_events(flow: Flow, command: Command, ctx: Context) -> tuple[list[Fl
         case Retry():
             return [Retried(at=at)], ()
         case Cancel():
-            return [Cancelled(at=at)], ()
+            return _cancel_events(flow, at), ()
         case _:
             raise Internal(f"{command.TYPE} is not a flow command")
+
+
+def _cancel_events(flow: Flow, at: float) -> list[FlowEvent]:
+    """A flow whose intent could still be paid asks the provider first (see the module
+    docstring); any other ends at once. A repeated request is acked again and changes nothing:
+    its call is on its way, with its one key."""
+    if cancelling(flow):
+        return []
+    if flow.intent_id is not None and flow.provider_status in CANCELLABLE:
+        return [CancelRequested(at=at)]
+    return [Cancelled(at=at)]
 
 
 def _created(flow: Flow, command: CreateFlow, at: float) -> FlowCreated:
@@ -178,153 +195,12 @@ def _create_aliases(flow_id: str, command: CreateFlow) -> _Aliases:
     return tuple(aliases)
 
 
-def _persist(
-    flow: Flow,
-    events: Sequence[FlowEvent],
-    aliases: _Aliases = (),
-    reply: ReplyKind | None = None,
-) -> Decision:
-    """Persist `events` (checked against the table now), then publish and act on the result."""
-    if not events:
-        return NOTHING if reply is None else Decision(reply=reply)
-    steps = tuple(versions(flow, events))
-    after = steps[-1]
-    effects = (_PUBLISH, *_consequences(flow, after), *pending_calls(after))
-    return Decision(
-        events=tuple(events), steps=steps, aliases=aliases, effects=effects, reply=reply
-    )
-
-
-# Effects without fields are values: one instance each serves every decision.
-_PUBLISH = Publish()
-_ENDED = (CancelExpiry(), NotifyTerminal())
-
-
-def _consequences(before: Flow, after: Flow) -> list[Effect]:
-    """Tracking, timers and notification follow from how the flow changed."""
-    effects: list[Effect] = []
-    was_terminal, is_terminal = before.is_terminal, after.is_terminal
-    watching = _watching(after, is_terminal)
-    if watching and after.intent_id != before.intent_id:
-        effects.append(TrackIntent(intent_id=str(after.intent_id), status=after.provider_status))
-    stops = before.intent_id is not None and not watching and _watching(before, was_terminal)
-    if stops:
-        effects.append(StopTracking())
-    if is_terminal and not was_terminal:
-        effects.extend(_ENDED)
-    return effects
-
-
-def _watching(flow: Flow, terminal: bool) -> bool:
-    # `terminal` is flow.is_terminal, which the callers need for themselves as well.
-    return flow.intent_id is not None and flow.state is not _S.FAILED and not terminal
-
-
-# --- provider answers -----------------------------------------------------------------------------
-
-
-def on_provider_result(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
-    """What the answer to one of this flow's provider calls changes."""
-    call = result.call
-    op = awaited_op(flow)
-    awaited = op is not None and (
-        call.idempotency_key == idempotency_key(flow, op)
-        or _rereads_refused_confirm(flow, op, call)
-    )
-    if isinstance(result.error, ProviderUnavailable):
-        retry = CallLater(call=call, delay=ctx.call_retry_delay)
-        return Decision(effects=(retry,)) if awaited else NOTHING
-    if call.op is ProviderOp.CREATE_INTENT and awaited:
-        return _intent_created(flow, result, ctx)
-    if call.op is ProviderOp.CONFIRM_INTENT:
-        # For a confirm `awaited` means "still pending": the re-read clause is for retrieves.
-        return _confirmed(flow, result, ctx, pending=awaited)
-    if call.op is ProviderOp.RETRIEVE_INTENT and awaited:
-        return _reread_after_refused_confirm(flow, result, ctx)
-    return NOTHING  # a stale create or re-read, a cancel (the flow already ended)
-
-
-def _intent_created(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
-    intent = result.intent
-    if intent is None:
-        return _persist(flow, [_rejected(result.error, ctx)])
-    created = IntentCreated(
-        at=ctx.now,
-        intent_id=intent.intent_id,
-        client_secret=intent.client_secret,
-        provider_status=intent.status,
-    )
-    return _persist(flow, [created], ((intent.intent_id, INTENT_NAMESPACE),))
-
-
-def _confirmed(flow: Flow, result: ProviderResult, ctx: Context, *, pending: bool) -> Decision:
-    intent = result.intent
-    if intent is None:
-        if not pending:
-            return NOTHING
-        # The provider refused to confirm. When the customer already confirmed with Stripe.js
-        # (as Stripe recommends for cards), the intent has moved on and the refusal is no
-        # failure: the money may be taken. Re-read the intent before deciding anything.
-        reread = intent_call(flow, ProviderOp.RETRIEVE_INTENT, str(flow.intent_id))
-        return Decision(effects=(reread,))
-    return _persist(flow, _status_events(flow, intent.status, intent=intent, ctx=ctx))
-
-
-def _rereads_refused_confirm(flow: Flow, awaited: ProviderOp, call: ProviderCall) -> bool:
-    """Whether `call` is the re-read `_confirmed` asked for and the confirm is still awaited
-    (`awaited`: the op of the flow's `pending_calls`)."""
-    return (
-        call.op is ProviderOp.RETRIEVE_INTENT
-        and awaited is ProviderOp.CONFIRM_INTENT
-        and flow.intent_id == call.intent_id
-    )
-
-
-def _reread_after_refused_confirm(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
-    """The intent as it stands after the provider refused our confirm: if it moved on (the
-    client confirmed it), follow it; if it still waits for a confirm, the refusal was real."""
-    intent = result.intent
-    events = [] if intent is None else _status_events(flow, intent.status, intent=intent, ctx=ctx)
-    if events:
-        return _persist(flow, events)
-    refusal = result.error or ProviderRejected("the provider refused to confirm the payment")
-    return _persist(flow, [_rejected(refusal, ctx)])
-
-
-def _status_events(
-    flow: Flow, status: str, *, intent: Intent | ProviderObservation, ctx: Context
-) -> list[FlowEvent]:
-    """The forward events a provider status means for `flow` (the one mapping, with the
-    intent's details and this flow's retry policy)."""
-    return events_for_provider_status(
-        flow,
-        status,
-        at=ctx.now,
-        next_action=intent.next_action,
-        error=intent.last_error if isinstance(intent, Intent) else intent.error,
-        intent_id=intent.intent_id,
-        policy=ctx.payment_policy,
-    )
-
-
-def _rejected(error: PayflowError | None, ctx: Context) -> PaymentFailed:
-    # The provider refused the request itself: the same request can never pass, so no retry.
-    message = str(error) if error is not None else "the provider gave no answer"
-    return PaymentFailed(
-        at=ctx.now,
-        code="provider_rejected",
-        message=message,
-        recoverable=False,
-        provider_status=None,
-    )
-
-
 # --- provider news, presence, expiry, resume ------------------------------------------------------
 
 
 def on_observation(flow: Flow, observation: ProviderObservation, ctx: Context) -> Decision:
     """A forward change the tracker saw for the flow's intent."""
-    return _persist(flow, _status_events(flow, observation.status, intent=observation, ctx=ctx))
+    return persist(flow, status_events(flow, observation.status, intent=observation, ctx=ctx))
 
 
 def on_presence(flow: Flow, attached: bool, ctx: Context) -> Decision:
@@ -343,7 +219,7 @@ def on_expiry(flow: Flow, ctx: Context) -> Decision:
         return NOTHING
     if flow.state not in EXPIRABLE:
         return Decision(effects=(ScheduleExpiry(delay=ctx.preserve_window),))
-    return _persist(flow, [Expired(at=ctx.now)])
+    return persist(flow, [Expired(at=ctx.now)])
 
 
 def resume(flow: Flow, ctx: Context) -> tuple[Effect, ...]:
@@ -354,7 +230,7 @@ def resume(flow: Flow, ctx: Context) -> tuple[Effect, ...]:
     """
     effects: list[Effect] = list(pending_calls(flow))
     terminal = flow.is_terminal
-    if _watching(flow, terminal):
+    if watching(flow, terminal):
         effects.append(TrackIntent(intent_id=str(flow.intent_id), status=flow.provider_status))
     if not terminal and flow.state is not _S.INITIAL:
         effects.append(ScheduleExpiry(delay=ctx.preserve_window))

@@ -16,6 +16,11 @@ What the table leaves out is old or irrelevant news and yields no events:
   `requires_action` arriving after 3-D Secure passed looks like a new challenge here;
 - status strings the table does not know.
 
+While a cancel the customer asked for is on its way (`Flow.cancel_requested`), `canceled` is
+that cancel's outcome and ends the flow CANCELLED (`CANCEL_REQUESTED_EVENTS` overrides those
+rows); any other status means what it always means, so a payment that got through first
+completes the flow and the cancel's later refusal changes nothing.
+
 Success seen before PAYMENT_PROCESSING yields `processing` first, so a flow always reaches
 COMPLETED through PAYMENT_PROCESSING. `requires_capture` counts as success: the funds are held
 for the booking and capturing them is the merchant's later step, not part of this flow.
@@ -28,6 +33,7 @@ from typing import Any
 
 from actors.flow_events import (
     ActionRequired,
+    Cancelled,
     FlowEvent,
     PaymentFailed,
     PaymentSucceeded,
@@ -55,7 +61,7 @@ PROVIDER_STATUS_EVENTS: Mapping[FlowState, Mapping[str, tuple[EventType, ...]]] 
         _I.PROCESSING: (_E.PROCESSING,),
         _I.REQUIRES_CAPTURE: _SUCCEED_FROM_OUTSIDE,
         _I.SUCCEEDED: _SUCCEED_FROM_OUTSIDE,
-        _I.CANCELED: _FAIL,  # canceled at the provider, not by us (our cancel is terminal)
+        _I.CANCELED: _FAIL,  # canceled at the provider, not by us (see below)
     },
     FlowState.PAYMENT_PROCESSING: {
         _I.REQUIRES_PAYMENT_METHOD: _FAIL,  # after a confirm this only ever means "failed"
@@ -76,7 +82,18 @@ PROVIDER_STATUS_EVENTS: Mapping[FlowState, Mapping[str, tuple[EventType, ...]]] 
     },
 }
 
+# The rows that differ while a cancel the customer asked for is on its way.
+CANCEL_REQUESTED_EVENTS: Mapping[FlowState, Mapping[str, tuple[EventType, ...]]] = {
+    state: {_I.CANCELED: (_E.CANCELLED,)}
+    for state in (FlowState.PAYMENT_ACTIVE, FlowState.REQUIRES_ACTION, FlowState.FAILED)
+}
+
 _NO_NEWS: Mapping[str, tuple[EventType, ...]] = {}  # a state the provider's news cannot move
+# Both tables merged once per state, for flows with a cancel on its way.
+_WHILE_CANCELLING: Mapping[FlowState, Mapping[str, tuple[EventType, ...]]] = {
+    state: {**PROVIDER_STATUS_EVENTS.get(state, _NO_NEWS), **CANCEL_REQUESTED_EVENTS.get(state, {})}
+    for state in FlowState
+}
 
 # Our words when the provider gave a failing status but no error to quote.
 _FALLBACK_ERRORS: Mapping[str, tuple[str, str]] = {
@@ -106,11 +123,17 @@ def events_for_provider_status(
     seen = DECLINED if status == _I.REQUIRES_PAYMENT_METHOD and error is not None else status
     if seen == flow.provider_status:  # a repeat; `declined` never is, it is a new verdict
         return []
-    kinds = PROVIDER_STATUS_EVENTS.get(flow.state, _NO_NEWS).get(seen, ())
+    kinds = _row(flow).get(seen, ())
     return [
         _event(kind, flow, status, at=at, next_action=next_action, error=error, policy=policy)
         for kind in kinds
     ]
+
+
+def _row(flow: Flow) -> Mapping[str, tuple[EventType, ...]]:
+    if flow.cancel_requested and not flow.is_terminal:
+        return _WHILE_CANCELLING[flow.state]
+    return PROVIDER_STATUS_EVENTS.get(flow.state, _NO_NEWS)
 
 
 def _event(
@@ -131,10 +154,12 @@ def _event(
 
 
 # The events that carry nothing but the provider's status.
-_STATUS_ONLY: Mapping[EventType, type[Processing | ProviderStatusChanged | PaymentSucceeded]] = {
+_StatusOnly = Processing | ProviderStatusChanged | PaymentSucceeded | Cancelled
+_STATUS_ONLY: Mapping[EventType, type[_StatusOnly]] = {
     _E.PROCESSING: Processing,
     _E.PROVIDER_STATUS_CHANGED: ProviderStatusChanged,
     _E.PAYMENT_SUCCEEDED: PaymentSucceeded,
+    _E.CANCELLED: Cancelled,
 }
 
 

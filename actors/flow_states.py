@@ -9,6 +9,11 @@ the flow that its state alone does not carry; `GUARDS` names those facts, again 
 - In PAYMENT_ACTIVE, the events that talk about a payment intent (submit it, or the provider
   reporting on it) need one to exist. Changing the payment method clears the intent, so there is
   a window in PAYMENT_ACTIVE where no intent exists yet.
+- A cancel of a flow whose intent the provider may still charge takes two steps: the request
+  (`cancel_requested`, which needs such an intent and no request before it), then `cancelled`
+  once the provider has answered. While the request is open the customer cannot start anything
+  new (switch method, submit, retry); the provider's news still moves the flow, so a payment
+  that got through first completes it.
 
 `MODAL` and `STEP` are what the customer's screen shows; they derive from the state alone and
 are never stored.
@@ -19,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
+
+from actors.provider import IntentStatus
 
 
 class FlowState(StrEnum):
@@ -48,6 +55,7 @@ class EventType(StrEnum):
     PAYMENT_SUCCEEDED = "payment_succeeded"
     PAYMENT_FAILED = "payment_failed"
     RETRIED = "retried"
+    CANCEL_REQUESTED = "cancel_requested"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
 
@@ -57,6 +65,19 @@ class Guard(StrEnum):
 
     RECOVERABLE_ERROR = "recoverable_error"  # flow.error says another attempt is allowed
     HAS_INTENT = "has_intent"  # a payment intent exists for the current attempt
+    CANCELLABLE_INTENT = "cancellable_intent"  # ... and the provider still lets us cancel it
+    NO_CANCEL_REQUESTED = "no_cancel_requested"  # no cancel of the intent is on its way
+
+
+# Intent statuses the provider still lets us cancel: in any other, the money is on its way, or
+# the intent is already over.
+CANCELLABLE: frozenset[str] = frozenset(
+    {
+        IntentStatus.REQUIRES_PAYMENT_METHOD,
+        IntentStatus.REQUIRES_CONFIRMATION,
+        IntentStatus.REQUIRES_ACTION,
+    }
+)
 
 
 _S = FlowState
@@ -90,6 +111,7 @@ TRANSITIONS: Mapping[FlowState, Mapping[EventType, FlowState]] = _frozen(
             _E.ACTION_REQUIRED: _S.REQUIRES_ACTION,
             _E.PROVIDER_STATUS_CHANGED: _S.PAYMENT_ACTIVE,
             _E.PAYMENT_FAILED: _S.FAILED,
+            _E.CANCEL_REQUESTED: _S.PAYMENT_ACTIVE,  # the provider answers, then `cancelled`
             _E.CANCELLED: _S.CANCELLED,
             _E.EXPIRED: _S.EXPIRED,
         },
@@ -103,11 +125,13 @@ TRANSITIONS: Mapping[FlowState, Mapping[EventType, FlowState]] = _frozen(
             _E.PROCESSING: _S.PAYMENT_PROCESSING,  # 3-D Secure passed
             _E.PROVIDER_STATUS_CHANGED: _S.REQUIRES_ACTION,
             _E.PAYMENT_FAILED: _S.FAILED,
-            _E.CANCELLED: _S.CANCELLED,  # the customer gives up during 3-D Secure
+            _E.CANCEL_REQUESTED: _S.REQUIRES_ACTION,  # the customer gives up during 3-D Secure
+            _E.CANCELLED: _S.CANCELLED,
         },
         # Only while recoverable (GUARDS): a terminal failure has no way out.
         _S.FAILED: {
             _E.RETRIED: _S.PAYMENT_PENDING,
+            _E.CANCEL_REQUESTED: _S.FAILED,  # the declined intent may still be paid by Stripe.js
             _E.CANCELLED: _S.CANCELLED,
             _E.EXPIRED: _S.EXPIRED,
         },
@@ -117,18 +141,36 @@ TRANSITIONS: Mapping[FlowState, Mapping[EventType, FlowState]] = _frozen(
     }
 )
 
-GUARDS: Mapping[FlowState, Mapping[EventType, Guard]] = MappingProxyType(
+_G = Guard
+_REQUEST_CANCEL = (_G.CANCELLABLE_INTENT, _G.NO_CANCEL_REQUESTED)
+
+# Every guard of an edge must hold for it to exist.
+GUARDS: Mapping[FlowState, Mapping[EventType, tuple[Guard, ...]]] = MappingProxyType(
     {
-        _S.FAILED: MappingProxyType(dict.fromkeys(TRANSITIONS[_S.FAILED], Guard.RECOVERABLE_ERROR)),
-        _S.PAYMENT_ACTIVE: MappingProxyType(
+        _S.FAILED: MappingProxyType(
             {
-                _E.SUBMITTED: Guard.HAS_INTENT,
-                _E.PROCESSING: Guard.HAS_INTENT,
-                _E.ACTION_REQUIRED: Guard.HAS_INTENT,
-                _E.PROVIDER_STATUS_CHANGED: Guard.HAS_INTENT,
+                **dict.fromkeys(TRANSITIONS[_S.FAILED], (_G.RECOVERABLE_ERROR,)),
+                _E.RETRIED: (_G.RECOVERABLE_ERROR, _G.NO_CANCEL_REQUESTED),
+                _E.CANCEL_REQUESTED: (_G.RECOVERABLE_ERROR, *_REQUEST_CANCEL),
             }
         ),
+        _S.PAYMENT_ACTIVE: MappingProxyType(
+            {
+                _E.METHOD_SELECTED: (_G.NO_CANCEL_REQUESTED,),
+                _E.SUBMITTED: (_G.HAS_INTENT, _G.NO_CANCEL_REQUESTED),
+                _E.PROCESSING: (_G.HAS_INTENT,),
+                _E.ACTION_REQUIRED: (_G.HAS_INTENT,),
+                _E.PROVIDER_STATUS_CHANGED: (_G.HAS_INTENT,),
+                _E.CANCEL_REQUESTED: _REQUEST_CANCEL,
+            }
+        ),
+        _S.REQUIRES_ACTION: MappingProxyType({_E.CANCEL_REQUESTED: _REQUEST_CANCEL}),
     }
+)
+
+# The states a cancel may be requested in; leaving them ends the request (`Flow.cancel_requested`).
+CANCEL_REQUEST_STATES: frozenset[FlowState] = frozenset(
+    state for state, row in TRANSITIONS.items() if EventType.CANCEL_REQUESTED in row
 )
 
 # States with no edge at all. FAILED is terminal too when its error is not recoverable; that

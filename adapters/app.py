@@ -108,7 +108,7 @@ class App:
                 return await self._create(session, command)
             flow_id = resolve_flow(self._journal, command.id)
             if isinstance(command, Leave):
-                return self._leave(session, flow_id)
+                return self._leave(session, flow_id, command.expect_version)
             self._authorise(session, flow_id, command)
             if isinstance(command, Join):
                 return await self._join(session, flow_id, command)
@@ -258,11 +258,18 @@ class App:
         current = missed.pop() if missed else status_view(flow)
         return current, missed
 
-    def _leave(self, session: Session, flow_id: str) -> Ack:
+    def _leave(self, session: Session, flow_id: str, expect_version: int | None) -> Ack:
+        head = self._journal.head(flow_id)
+        version = head.version if head is not None else 0
+        if expect_version not in (None, version):  # refused like any command: nothing changes
+            raise VersionConflict(
+                f"flow is at version {version}, not {expect_version}",
+                expected=expect_version,
+                actual=version,
+            )
         session.joined.discard(flow_id)
         self._sockets.leave(session.id, flow_id)
-        head = self._journal.head(flow_id)
-        return Ack(flow_id=flow_id, version=head.version if head is not None else 0)
+        return Ack(flow_id=flow_id, version=version)
 
     # --- provider events (webhooks, feeds, dummy pushes) ----------------------------------------
 
@@ -271,10 +278,10 @@ class App:
         self.draining = True
         _log().info("draining")
 
-    async def deliver_event(self, event: ProviderEvent) -> None:
-        """The event sink of the feeds and the webhook endpoint: route it to the flow's tracker.
-        Routing reads the journal, so it runs off the event loop."""
-        await asyncio.to_thread(self._domain.route_provider_event, event)
+    async def deliver_event(self, event: ProviderEvent) -> bool:
+        """The event sink of the feeds and the webhook endpoint: route it to the flow's tracker
+        (False: no flow knows its intent). Routing reads the journal, so it runs off the loop."""
+        return await asyncio.to_thread(self._domain.route_provider_event, event)
 
 
 class _Replies:

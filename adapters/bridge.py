@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import http
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -38,7 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from actors.commands import Command, ErrorFrame, Reply
+from actors.commands import Command, ErrorFrame, Ref, Reply
 from adapters.codec import (
     MAX_FRAME_BYTES,
     FrameRejected,
@@ -105,8 +105,12 @@ class Bridge:
         host: str = "127.0.0.1",
         port: int = 8765,
         limits: BridgeLimits | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_refused(code)`: a request refused here, before the handler saw it (a frame
+        that did not decode, the rate limit); the handler counts its own refusals."""
         self._handler = handler
+        self._on_refused = on_refused
         self._host = host
         self._port = port
         self._limits = limits or BridgeLimits()
@@ -253,9 +257,9 @@ class Bridge:
         try:
             command = decode_request(message)
         except FrameRejected as rejected:
-            return encode_error(rejected.ref, rejected if bucket.take() else _over_rate())
+            return self._refuse(rejected.ref, rejected if bucket.take() else _over_rate())
         if not bucket.take():
-            return encode_error(command.ref, _over_rate())
+            return self._refuse(command.ref, _over_rate())
         try:
             return encode_reply(await self._handler.handle(session, command), command.ref)
         except PayflowError as error:
@@ -268,6 +272,11 @@ class Bridge:
             # Never the request itself in the log: it may carry a token or an API key.
             _log().error("request_failed", session_id=session.id, type=command.TYPE, exc_info=True)
             return encode_error(command.ref, Internal("internal error"))
+
+    def _refuse(self, ref: Ref, error: PayflowError) -> bytes:
+        if self._on_refused is not None:
+            self._on_refused(error.code)
+        return encode_error(ref, error)
 
 
 def _over_rate() -> Overloaded:

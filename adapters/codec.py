@@ -9,7 +9,8 @@ Decoding rules, checked in this order (the contract's "frame shape and fields" s
 1. a text message, more than `MAX_FRAME_BYTES`, bytes that are not exactly one msgpack value,
    a value that is not a map, a map key that is not a string, a missing or non-string `type`:
    `bad_frame`;
-2. a `ref` that is not a msgpack scalar (nil, bool, int, float, str, bin): `invalid_field`;
+2. a `ref` that is not a msgpack scalar (nil, bool, int, float, str, bin, ext, timestamp):
+   `invalid_field`;
 3. a `type` no request has: `unknown_type`;
 4. each field of that request, in the order of `_SCHEMAS`: `invalid_field` naming the field.
 
@@ -18,7 +19,9 @@ so the bridge answers `except FrameRejected as e: send(encode_error(e.ref, e))`.
 
 Fields this daemon does not know are ignored, as the contract asks of clients: a newer client
 may send more than we read. A known field sent as nil counts as absent (nil is "does not apply"
-on this wire), so an optional field may be nil and a required one may not.
+on this wire), so an optional field may be nil and a required one may not. A `token` is the one
+exception: missing, nil or empty, it decodes as "" (no token), which the application refuses as
+`forbidden` after `not_found`, in the contract's order ("a missing or wrong token").
 """
 
 from __future__ import annotations
@@ -188,6 +191,9 @@ _api_key = partial(_text, limit=MAX_API_KEY_LENGTH)
 class _Field:
     rule: Callable[[object], object]
     required: bool = True
+    absent: object = None
+    """What an optional field that is missing or nil decodes as; None leaves it out (the
+    request's own default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +212,16 @@ def _optional(rule: Callable[[object], object]) -> _Field:
     return _Field(rule, required=False)
 
 
-_FLOW_FIELDS = {"id": _Field(_text), "token": _Field(_text)}
+def _token(value: object) -> str:
+    # Any string (an empty one included) is a token to check: a wrong one is `forbidden`.
+    if not isinstance(value, str):
+        raise _RuleError("must be a string")
+    if len(value) > MAX_TEXT_LENGTH:
+        raise _RuleError(f"must be at most {MAX_TEXT_LENGTH} characters")
+    return value
+
+
+_FLOW_FIELDS = {"id": _Field(_text), "token": _Field(_token, required=False, absent="")}
 _COMMON_FIELDS = {"expect_version": _optional(_version)}
 
 _SCHEMAS: Mapping[str, _Schema] = {
@@ -273,6 +288,8 @@ def _read_fields(frame: dict[str, Any], schema: _Schema, ref: Ref) -> dict[str, 
         if value is None:
             if spec.required:
                 raise InvalidRequestField(f"field {name!r}: is required", field=name, ref=ref)
+            if spec.absent is not None:
+                checked[name] = spec.absent
             continue
         try:
             checked[name] = spec.rule(value)
@@ -282,7 +299,9 @@ def _read_fields(frame: dict[str, Any], schema: _Schema, ref: Ref) -> dict[str, 
     return checked
 
 
-_SCALAR_TYPES = (bool, int, float, str, bytes)  # a tuple: isinstance checks it faster than a union
+# A tuple: isinstance checks it faster than a union. Ext values and timestamps are scalars in
+# msgpack too (not containers), and echo back as they came.
+_SCALAR_TYPES = (bool, int, float, str, bytes, msgpack.ExtType, msgpack.Timestamp)
 
 
 def _is_scalar(value: object) -> bool:

@@ -247,8 +247,13 @@ class Daemon:
     def _servers(self, app: App, provider: DummyProvider | StripeProvider) -> _Servers:
         settings = self.settings
         webhooks: StripeWebhooks | None = None
-        if isinstance(provider, StripeProvider) and settings.stripe_webhook_secret:
-            webhooks = provider.webhooks(settings.stripe_webhook_secret)
+        secret = settings.stripe_webhook_secret
+        if isinstance(provider, StripeProvider) and secret:
+            webhooks = provider.webhooks(secret)
+        elif secret and self.domain is not None:
+            # With the dummy provider too: a site can test its signed Stripe webhooks (say, a
+            # payment confirmed by Stripe.js) before it has keys.
+            webhooks = StripeWebhooks(secret, self.domain.provider_event_sink)
         holder: list[_Servers] = []
         http = HttpServer(
             settings.http.host,
@@ -261,7 +266,12 @@ class Daemon:
             ),
         )
         servers = _Servers(
-            bridge=Bridge(app, host=settings.listen.host, port=settings.listen.port),
+            bridge=Bridge(
+                app,
+                host=settings.listen.host,
+                port=settings.listen.port,
+                on_refused=self.metrics.error,
+            ),
             http=http,
             control=ControlServer(settings.control, self.operations),
             feeds=self.feeds,

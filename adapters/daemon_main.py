@@ -11,7 +11,9 @@ import os
 import socket
 import stat
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 
 from runtime.config import HostPort, Settings, load_settings
 from runtime.errors import ConfigError
@@ -39,9 +41,22 @@ def preflight(settings: Settings) -> None:
     """Raise ConfigError (one line) for what would fail after files or sockets exist."""
     if settings.db.is_dir():
         raise ConfigError(f"--db: {settings.db} is a directory")
+    _check_can_create("--db", settings.db)
+    _check_can_create("--control", settings.control)
     _check_control_path(settings)
     _check_port("--listen", settings.listen)
     _check_port("--http", settings.http)
+
+
+def _check_can_create(flag: str, path: PurePath) -> None:
+    """Whether a file can be made beside `path` (the journal's -wal/-shm files need that too):
+    probed with a temporary file, gone again before this returns."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".payflowd-probe-"):
+            pass
+    except OSError as exc:
+        where = str(path.parent)
+        raise ConfigError(f"{flag}: cannot create files in {where!r}: {exc.strerror}") from None
 
 
 def _check_control_path(settings: Settings) -> None:

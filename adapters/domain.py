@@ -46,6 +46,8 @@ FLOW_KIND = "flow"
 TRACKER_KIND = "tracker"
 # Streams tagged with these states have nothing left to do; every other flow is resumed at start.
 FINISHED_TAGS = frozenset({FlowState.COMPLETED, FlowState.CANCELLED, FlowState.EXPIRED})
+# A flow's stream is tagged with its state; other streams (a feed's position) are not flows.
+UNFINISHED_TAGS = frozenset(state.value for state in FlowState) - FINISHED_TAGS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,7 +123,7 @@ class Domain:
 
     def recover(self) -> int:
         """Load every unfinished flow so it resumes (pending calls, tracking, expiry)."""
-        heads = [h for h in self.journal.heads() if h.tag not in FINISHED_TAGS]
+        heads = self.journal.heads(tags=UNFINISHED_TAGS)
         for head in heads:
             self.flows.tell(head.stream_id, Wake())
         log.info("flows_recovered", count=len(heads))

@@ -12,8 +12,6 @@ malformed field is rejected, never half-applied.
 
 from __future__ import annotations
 
-import math
-
 from actors.provider import IntentStatus, ProviderEvent
 from adapters.codec import MAX_TEXT_LENGTH, pack, unpack_frame
 from runtime.errors import BadFrame, Internal, InvalidField
@@ -47,9 +45,10 @@ def decode_feed_frame(data: bytes | str) -> ProviderEvent | None:
     )
 
 
-def encode_subscribe(since: float) -> bytes:
-    """The frame sent on every connect: replay what is newer than `since` (0 when none applied)."""
-    if isinstance(since, bool) or not math.isfinite(since) or since < 0:
+def encode_subscribe(since: int) -> bytes:
+    """The frame sent on every connect: replay what is newer than `since`, whole epoch seconds
+    (0 when none applied)."""
+    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
         raise Internal("subscribe 'since' must be a finite, non-negative epoch time")
     return pack({"type": SUBSCRIBE, "since": since})
 

@@ -8,6 +8,10 @@
 On every connect the feed sends `subscribe` with `since` = the latest `created` it applied, so a
 reconnect (or a restart: the position is kept in the journal, one small stream per feed) replays
 only what was missed; a replayed event is harmless, the tracker merge drops what it already saw.
+Only an event that reached a flow moves the position, and never past this machine's clock: an
+event for an intent nobody here knows, or dated in the future, must not make a reconnect skip
+the real events before it. `since` goes out as whole seconds, rounded down (a replayed second
+is harmless, a skipped one is not).
 Events are decoded by adapters/feed_codec.py and handed to `on_event` (the domain's router) in
 order; a frame the codec rejects is logged and skipped, it does not cost the connection.
 
@@ -42,9 +46,14 @@ POSITION_EVENT = "feed_position"
 DEFAULT_BACKOFF = Backoff(base=0.5, cap=30.0, max_retries=3)
 """DESIGN.md's recovery table, socket disconnect: 3 retries, exponential backoff, full jitter."""
 _OPEN_TIMEOUT_S = 10.0
+# A feed that stopped answering pings will not answer a close either. websockets waits 10 s
+# for the closing handshake by default: a dead feed would be redialled that much later, and a
+# SIGTERM would wait that long for it (the contract gives the whole shutdown 10 s).
+_CLOSE_TIMEOUT_S = 2.0
 _DIAL_ERRORS = (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed)
 
-EventSink = Callable[[ProviderEvent], Awaitable[None]]
+EventSink = Callable[[ProviderEvent], Awaitable[bool]]
+"""Routes one event; True if it reached a flow's tracker."""
 HealthSink = Callable[[bool], None]
 
 
@@ -146,11 +155,12 @@ class Feed:
                 ping_interval=self._ping[0],
                 ping_timeout=self._ping[1],
                 open_timeout=_OPEN_TIMEOUT_S,
+                close_timeout=_CLOSE_TIMEOUT_S,
                 compression=None,
             ) as connection:
                 self._connection = connection
                 self._connected()
-                await connection.send(encode_subscribe(self._position.since))
+                await connection.send(encode_subscribe(int(self._position.since)))
                 self._set(FeedState.MONITORING)
                 subscribed = True
                 async for message in connection:
@@ -190,9 +200,10 @@ class Feed:
             return
         if event is None:
             return
-        await self._on_event(event)
+        if not await self._on_event(event):
+            return
         self.intents.add(event.intent_id)
-        await asyncio.to_thread(self._position.advance, event.created)
+        await asyncio.to_thread(self._position.advance, min(event.created, time.time()))
 
     def _set(self, state: FeedState) -> None:
         if state is not self.state:

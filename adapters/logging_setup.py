@@ -71,9 +71,12 @@ def _scrub(value: Any) -> Any:
         return _SECRET_PATTERN.sub(REDACTED, value) if _has_marker(value) else value
     if isinstance(value, dict):
         return {k: REDACTED if _is_secret_key(k) else _scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [_scrub(v) for v in value]
-    return value
+    # Anything else is rendered through its repr (JSON fallback, console): search that text,
+    # so an object carrying a secret (an SDK error, a request) cannot slip one through.
+    text = repr(value)
+    return _SECRET_PATTERN.sub(REDACTED, text) if _has_marker(text) else value
 
 
 def _is_secret_key(key: object) -> bool:

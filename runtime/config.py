@@ -63,9 +63,14 @@ def _host_port(raw: object, name: str) -> HostPort:
     text = _string(raw, name)
     host, sep, port_text = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not sep or not host or not _is_ascii_number(port_text) or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"{name}: expected HOST:PORT with a port from 0 to 65535, got {text!r}")
     return HostPort(host, int(port_text))
+
+
+def _is_ascii_number(text: str) -> bool:
+    # str.isdigit() also accepts "²" (int() refuses it) and "٨٧" (int() reads it as 87).
+    return text.isascii() and text.isdigit()
 
 
 def _string(raw: object, name: str) -> str:
@@ -102,8 +107,13 @@ def _choice(*choices: str) -> Callable[[object, str], str]:
 def _url(*schemes: str) -> Callable[[object, str], str]:
     def parse(raw: object, name: str) -> str:
         value = _string(raw, name)
-        parts = urlsplit(value)
-        if parts.scheme not in schemes or not parts.hostname:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - reading it checks it: a port out of range raises
+            valid = parts.scheme in schemes and bool(parts.hostname)
+        except ValueError:  # a malformed host ("[bad") or port
+            valid = False
+        if not valid:
             raise ConfigError(f"{name}: expected a {'/'.join(schemes)} URL, got {value!r}")
         return value
 
@@ -123,7 +133,7 @@ def _positive_seconds(raw: object, name: str) -> float:
         value = (
             float(raw) if isinstance(raw, str | int | float) and not isinstance(raw, bool) else -1
         )
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a TOML integer past float's range
         value = -1
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name}: expected a positive number of seconds, got {raw!r}")
@@ -134,14 +144,14 @@ def _non_negative_seconds(raw: object, name: str) -> float:
     numeric = isinstance(raw, str | int | float) and not isinstance(raw, bool)
     try:
         zero = numeric and float(raw) == 0  # type: ignore[arg-type]
-    except ValueError:
+    except (ValueError, OverflowError):
         zero = False
     return 0.0 if zero else _positive_seconds(raw, name)
 
 
 def _non_negative_int(raw: object, name: str) -> int:
     text = str(raw).strip() if isinstance(raw, str | int) and not isinstance(raw, bool) else ""
-    if not text.isdigit():
+    if not _is_ascii_number(text):
         raise ConfigError(f"{name}: expected a whole number >= 0, got {raw!r}")
     return int(text)
 
@@ -265,8 +275,16 @@ def _raw_values(
 def _check_requirements(settings: Settings) -> None:
     if settings.provider == "stripe" and not settings.stripe_api_key:
         raise ConfigError("--provider stripe needs STRIPE_API_KEY in the environment")
+    _check_distinct_ports(settings.listen, settings.http)
     if settings.notify_url and not settings.notify_secret:
         raise ConfigError("--notify-url needs PAYFLOWD_NOTIFY_SECRET in the environment")
+
+
+def _check_distinct_ports(listen: HostPort, http: HostPort) -> None:
+    # The same port for both would start the bridge and then fail binding HTTP, with a journal
+    # already created; port 0 asks the OS for a free one, which never collides.
+    if listen.port != 0 and listen.port == http.port:
+        raise ConfigError(f"--listen and --http must use different ports, both are {listen.port}")
 
 
 def load_settings(

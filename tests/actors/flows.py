@@ -1,7 +1,8 @@
 """Flows in every situation the transition table tells apart, and events to throw at them.
 
 Shared by the flow core's tests. A situation is a state plus the facts its guards look at:
-PAYMENT_ACTIVE with and without an intent, FAILED recoverable and not.
+PAYMENT_ACTIVE with and without an intent, FAILED recoverable and not, and the states a cancel
+may be requested in with such a request open.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from actors.flow_core import (
     ActionRequired,
     BookingAttached,
     Cancelled,
+    CancelRequested,
     EventType,
     Expired,
     Flow,
@@ -117,6 +119,10 @@ def cancel(flow: Flow) -> FlowEvent:
     return Cancelled(at=at(flow))
 
 
+def request_cancel(flow: Flow) -> FlowEvent:
+    return CancelRequested(at=at(flow))
+
+
 def expire(flow: Flow) -> FlowEvent:
     return Expired(at=at(flow))
 
@@ -149,9 +155,12 @@ SITUATIONS: Mapping[str, Callable[[], Flow]] = {
     "PAYMENT_ACTIVE(intent)": lambda: active(with_intent=True),
     "PAYMENT_PROCESSING": processing,
     "REQUIRES_ACTION": requires_action,
+    "PAYMENT_ACTIVE(cancel requested)": lambda: then(active(with_intent=True), request_cancel),
+    "REQUIRES_ACTION(cancel requested)": lambda: then(requires_action(), request_cancel),
     "COMPLETED": lambda: then(processing(), succeed),
     "FAILED(recoverable)": lambda: failed(recoverable=True),
     "FAILED(terminal)": lambda: failed(recoverable=False),
+    "FAILED(cancel requested)": lambda: then(failed(recoverable=True), request_cancel),
     "CANCELLED": lambda: then(pending(), cancel),
     "EXPIRED": lambda: then(created(), expire),
 }
@@ -178,6 +187,7 @@ def some_event(event_type: EventType, flow: Flow) -> FlowEvent:
         EventType.PAYMENT_SUCCEEDED: lambda: succeed(flow),
         EventType.PAYMENT_FAILED: lambda: fail(True)(flow),
         EventType.RETRIED: lambda: retry(flow),
+        EventType.CANCEL_REQUESTED: lambda: request_cancel(flow),
         EventType.CANCELLED: lambda: cancel(flow),
         EventType.EXPIRED: lambda: expire(flow),
     }
@@ -234,7 +244,8 @@ EVENT_FIELDS: Mapping[EventType, st.SearchStrategy[dict[str, Any]]] = {
         }
     ),
     EventType.RETRIED: _no_fields,
-    EventType.CANCELLED: _no_fields,
+    EventType.CANCEL_REQUESTED: _no_fields,
+    EventType.CANCELLED: st.fixed_dictionaries({"provider_status": st.none() | _statuses}),
     EventType.EXPIRED: _no_fields,
 }
 

@@ -3,12 +3,15 @@ provider and on Stripe's SDK against a real localstripe."""
 
 from __future__ import annotations
 
+import dataclasses
 import queue
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from actors.commands import (
     Ack,
@@ -24,10 +27,12 @@ from actors.commands import (
 from actors.flow_journal import load_flow
 from actors.flow_view import status_view
 from actors.messages import ClientCommand, ClientPresence
+from actors.tracker_core import PollPolicy
 from adapters.domain import DomainSettings
+from adapters.dummy_provider import DummyProvider
 from runtime.errors import AliasConflict, InvalidTransition, VersionConflict
 from runtime.journal import LoadedStream
-from tests.domain_harness import DECLINES, NEEDS_3DS, PAYS, Backend, Harness, running
+from tests.domain_harness import DECLINES, NEEDS_3DS, PAYS, Backend, Harness, running, start
 from tests.localstripe import LocalStripe
 from tests.waiting import wait_until
 
@@ -119,17 +124,131 @@ def test_retry_limit_makes_the_second_decline_final(harness: Harness) -> None:
     assert harness.journal.head(flow_id).version == version  # type: ignore[union-attr]
 
 
+def _intent_id(view: Mapping[str, Any]) -> str:
+    return str(view["client_secret"]).split("_secret_")[0]
+
+
 def test_cancel_cancels_the_intent_at_the_provider(harness: Harness) -> None:
     flow_id, token = _paying(harness, PAYS)
-    intent_id = str(harness.publisher.views(flow_id)[-1]["client_secret"]).split("_secret_")[0]
+    intent_id = _intent_id(harness.publisher.views(flow_id)[-1])
     assert isinstance(harness.command(Cancel(id=flow_id, token=token)), Ack)
-    harness.wait_state(flow_id, "CANCELLED")
+    done = harness.wait_state(flow_id, "CANCELLED")
+    assert done["provider_status"] == "canceled"
+    # The flow ends on the provider's answer, so the intent is canceled by the time it does.
+    assert harness.loop.run(harness.provider.retrieve_intent(intent_id)).status == "canceled"
 
-    def canceled_upstream() -> bool:
-        intent = harness.loop.run(harness.provider.retrieve_intent(intent_id))
-        return intent.status == "canceled"
 
-    wait_until(canceled_upstream, what="the intent canceled at the provider")
+def test_cancel_during_three_d_secure_ends_the_flow_once_the_intent_is_canceled(
+    harness: Harness,
+) -> None:
+    flow_id, token = _paying(harness, NEEDS_3DS)
+    harness.command(Submit(id=flow_id, token=token))
+    challenge = harness.wait_state(flow_id, "REQUIRES_ACTION")
+    ack = harness.command(Cancel(id=flow_id, token=token))
+    assert isinstance(ack, Ack)
+    done = harness.wait_state(flow_id, "CANCELLED")
+    assert (done["provider_status"], done["next_action"]) == ("canceled", None)
+    kinds = harness.kinds(flow_id)
+    assert kinds[-2:] == ["cancel_requested", "cancelled"]
+    assert kinds[ack.version - 1] == "cancel_requested"  # the ack names the request's version
+    requested = [v for v in harness.publisher.views(flow_id) if v["version"] == ack.version]
+    assert [v["state"] for v in requested] == ["REQUIRES_ACTION"]
+    intent = harness.loop.run(harness.provider.retrieve_intent(_intent_id(challenge)))
+    assert intent.status == "canceled"
+    again = harness.command(Cancel(id=flow_id, token=token))
+    assert isinstance(again, InvalidTransition)  # over: nothing left to cancel
+
+
+class RecordingNotifier:
+    """`TerminalNotifier` that keeps the state of every terminal notification, per flow."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, list[str]] = {}
+
+    def flow_terminal(self, view: Mapping[str, Any], *, intent_id: str | None) -> None:
+        self.states.setdefault(str(view["flow_id"]), []).append(str(view["state"]))
+
+
+@contextmanager
+def _quiet_provider(
+    tmp_path: Path, backend: Backend, settings: DomainSettings, notifier: RecordingNotifier
+) -> Iterator[Harness]:
+    """A domain that hears of the provider's changes only from its own calls: no pushes, and
+    polls too slow to matter, so a test decides which news reaches the flow first."""
+    if backend.localstripe is None:
+        backend.dummy = DummyProvider(push_delay=None)
+    slow = dataclasses.replace(settings, poll=PollPolicy(first=60.0, cap=60.0))
+    h = start(tmp_path / "journal.db", backend, slow, notifier=notifier)
+    try:
+        yield h
+    finally:
+        h.stop()
+        h.loop.run(h.provider.close())
+        h.loop.stop()
+
+
+def test_a_cancel_racing_a_client_side_confirm_leaves_the_paid_flow_completed(
+    tmp_path: Path, backend: Backend
+) -> None:
+    """The customer confirms with Stripe.js (here: straight at the provider) and then cancels:
+    the provider refuses the cancel, and the flow follows the payment, not the cancel."""
+    notifier = RecordingNotifier()
+    with _quiet_provider(tmp_path, backend, DomainSettings(), notifier) as h:
+        flow_id, token = _paying(h, PAYS)
+        intent_id = _intent_id(h.publisher.views(flow_id)[-1])
+        paid = h.loop.run(h.provider.confirm_intent(intent_id, idempotency_key="js-1"))
+        assert paid.status == "succeeded"
+        assert isinstance(h.command(Cancel(id=flow_id, token=token)), Ack)
+        done = h.wait_state(flow_id, "COMPLETED")
+        assert done["provider_status"] == "succeeded"
+        wait_until(lambda: notifier.states.get(flow_id), what="the terminal notification")
+        kinds = h.kinds(flow_id)
+    assert "cancel_requested" in kinds
+    assert "cancelled" not in kinds
+    assert notifier.states[flow_id] == ["COMPLETED"]  # never flow.cancelled
+
+
+def test_an_expired_flow_whose_intent_was_paid_meanwhile_is_logged_for_a_refund(
+    tmp_path: Path,
+) -> None:
+    notifier = RecordingNotifier()
+    settings = DomainSettings(preserve_window=0.3)
+    with (
+        structlog.testing.capture_logs() as logs,
+        _quiet_provider(tmp_path, Backend(name="dummy"), settings, notifier) as h,
+    ):
+        flow_id, _ = _paying(h, PAYS)
+        view = h.publisher.views(flow_id)[-1]
+        h.loop.run(h.provider.confirm_intent(_intent_id(view), idempotency_key="js-1"))
+        h.domain.send(flow_id, ClientPresence(attached=True))
+        h.domain.send(flow_id, ClientPresence(attached=False))
+        h.wait_state(flow_id, "EXPIRED")
+        alert = wait_until(
+            lambda: [e for e in logs if e["event"] == "payment_taken_after_flow_ended"],
+            what="the refund alert",
+        )
+    assert alert == [
+        {
+            "event": "payment_taken_after_flow_ended",
+            "log_level": "error",
+            "flow_id": flow_id,
+            "intent_id": _intent_id(view),
+            "provider_status": "succeeded",
+        }
+    ]
+    assert notifier.states[flow_id] == ["EXPIRED"]
+
+
+def test_select_method_before_the_booking_is_an_invalid_transition(tmp_path: Path) -> None:
+    with running(tmp_path / "j.db", Backend(name="dummy")) as h:
+        created = h.create()
+        refused = h.command(
+            SelectMethod(id=created.flow_id, token=created.token, payment_method="pm_card_visa")
+        )
+        assert isinstance(refused, InvalidTransition)
+        assert ErrorFrame.from_error(refused).code == "invalid_transition"
+        assert h.kinds(created.flow_id) == ["flow_created"]
+        assert [v["version"] for v in h.publisher.views(created.flow_id)] == [1]
 
 
 def test_taken_booking_id_is_a_conflict_and_changes_nothing(harness: Harness) -> None:
@@ -162,13 +281,18 @@ def test_second_create_with_the_same_idempotency_key_writes_nothing(harness: Har
     assert harness.journal.resolve("flow_second") is None
 
 
-def test_unknown_payment_method_fails_the_attempt_for_good(tmp_path: Path) -> None:
-    with running(tmp_path / "j.db", Backend(name="dummy")) as h:
-        flow_id, token = _booked(h)
-        h.command(SelectMethod(id=flow_id, token=token, payment_method="pm_bogus"))
-        failed = h.wait_state(flow_id, "FAILED")
-        assert failed["error"]["code"] == "provider_rejected"
-        assert failed["error"]["recoverable"] is False
+def test_a_mistyped_payment_method_can_be_corrected_with_retry(harness: Harness) -> None:
+    flow_id, token = _booked(harness)
+    ack = harness.command(SelectMethod(id=flow_id, token=token, payment_method="pm_does_not_exist"))
+    assert isinstance(ack, Ack)
+    failed = harness.wait_state(flow_id, "FAILED")
+    assert failed["error"]["code"] == "provider_rejected"
+    assert failed["error"]["recoverable"] is True
+    assert isinstance(harness.command(Retry(id=flow_id, token=token)), Ack)
+    harness.command(SelectMethod(id=flow_id, token=token, payment_method=harness.method(PAYS)))
+    harness.wait_state(flow_id, "PAYMENT_ACTIVE", intent=True)
+    harness.command(Submit(id=flow_id, token=token))
+    assert harness.wait_state(flow_id, "COMPLETED")["attempts"] == 2
 
 
 def test_calls_carry_deterministic_keys(tmp_path: Path) -> None:

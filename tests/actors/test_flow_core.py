@@ -51,6 +51,18 @@ EXPECTED: dict[str, dict[EventType, FlowState]] = {
         E.ACTION_REQUIRED: S.REQUIRES_ACTION,
         E.PROVIDER_STATUS_CHANGED: S.PAYMENT_ACTIVE,
         E.PAYMENT_FAILED: S.FAILED,
+        E.CANCEL_REQUESTED: S.PAYMENT_ACTIVE,  # the intent could still be paid: ask first
+        E.CANCELLED: S.CANCELLED,
+        E.EXPIRED: S.EXPIRED,
+    },
+    # While a cancel is on its way the customer starts nothing new; the provider's news still
+    # moves the flow (a payment that got through first completes it).
+    "PAYMENT_ACTIVE(cancel requested)": {
+        E.INTENT_CREATED: S.PAYMENT_ACTIVE,
+        E.PROCESSING: S.PAYMENT_PROCESSING,
+        E.ACTION_REQUIRED: S.REQUIRES_ACTION,
+        E.PROVIDER_STATUS_CHANGED: S.PAYMENT_ACTIVE,
+        E.PAYMENT_FAILED: S.FAILED,
         E.CANCELLED: S.CANCELLED,
         E.EXPIRED: S.EXPIRED,
     },
@@ -64,15 +76,27 @@ EXPECTED: dict[str, dict[EventType, FlowState]] = {
         E.PROCESSING: S.PAYMENT_PROCESSING,
         E.PROVIDER_STATUS_CHANGED: S.REQUIRES_ACTION,
         E.PAYMENT_FAILED: S.FAILED,
+        E.CANCEL_REQUESTED: S.REQUIRES_ACTION,
+        E.CANCELLED: S.CANCELLED,
+    },
+    "REQUIRES_ACTION(cancel requested)": {
+        E.PROCESSING: S.PAYMENT_PROCESSING,
+        E.PROVIDER_STATUS_CHANGED: S.REQUIRES_ACTION,
+        E.PAYMENT_FAILED: S.FAILED,
         E.CANCELLED: S.CANCELLED,
     },
     "COMPLETED": {},
     "FAILED(recoverable)": {
         E.RETRIED: S.PAYMENT_PENDING,
+        E.CANCEL_REQUESTED: S.FAILED,  # the declined intent could still be paid with Stripe.js
         E.CANCELLED: S.CANCELLED,
         E.EXPIRED: S.EXPIRED,
     },
     "FAILED(terminal)": {},
+    "FAILED(cancel requested)": {
+        E.CANCELLED: S.CANCELLED,
+        E.EXPIRED: S.EXPIRED,
+    },
     "CANCELLED": {},
     "EXPIRED": {},
 }
@@ -119,6 +143,11 @@ def test_refusal_explains_a_guard() -> None:
     no_intent = SITUATIONS["PAYMENT_ACTIVE(no intent)"]()
     with pytest.raises(InvalidTransition, match="no payment intent"):
         apply(no_intent, some_event(E.SUBMITTED, no_intent))
+    asked = SITUATIONS["PAYMENT_ACTIVE(cancel requested)"]()
+    with pytest.raises(InvalidTransition, match="a cancel is on its way"):
+        apply(asked, some_event(E.SUBMITTED, asked))
+    with pytest.raises(InvalidTransition, match="could still cancel"):
+        apply(no_intent, some_event(E.CANCEL_REQUESTED, no_intent))
 
 
 def test_refusal_carries_the_wire_code() -> None:

@@ -25,6 +25,7 @@ from actors.flow_core import (
     flow_from_snapshot,
     flow_to_snapshot,
     replay,
+    replay_records,
 )
 from actors.flow_model import _Changes
 from actors.flow_states import EventType
@@ -42,6 +43,7 @@ from tests.actors.flows import (
     intent,
     pending,
     processing,
+    request_cancel,
     requires_action,
     retry,
     select,
@@ -132,6 +134,34 @@ def test_cancel_keeps_the_intent_so_the_shell_can_cancel_it_upstream() -> None:
     assert (flow.state, flow.intent_id) == (FlowState.CANCELLED, "pi_1_3")
 
 
+def test_a_cancel_request_keeps_the_state_and_ends_with_it() -> None:
+    asked = then(requires_action(), request_cancel)
+    assert (asked.state, asked.cancel_requested, asked.version) == (
+        FlowState.REQUIRES_ACTION,
+        True,
+        requires_action().version + 1,
+    )
+    # The customer passed 3-D Secure first: the payment goes on and the request is over.
+    paid = apply(asked, Processing(at=at(asked), provider_status="processing"))
+    assert (paid.state, paid.cancel_requested) == (FlowState.PAYMENT_PROCESSING, False)
+    cancelled = apply(asked, Cancelled(at=at(asked), provider_status="canceled"))
+    assert (cancelled.state, cancelled.provider_status) == (FlowState.CANCELLED, "canceled")
+
+
+def test_cancelled_without_a_provider_status_keeps_the_last_one_seen() -> None:
+    flow = then(active(with_intent=True), cancel)
+    assert flow.provider_status == "requires_confirmation"
+
+
+def test_records_and_snapshots_written_before_cancel_requests_still_load() -> None:
+    old_record = ("cancelled", {}, T0 + 9)
+    flow = replay_records([old_record], start=active(with_intent=True))
+    assert (flow.state, flow.provider_status) == (FlowState.CANCELLED, "requires_confirmation")
+    old_snapshot = flow_to_snapshot(requires_action())
+    del old_snapshot["cancel_requested"]
+    assert flow_from_snapshot(old_snapshot) == requires_action()
+
+
 def test_client_secret_stays_out_of_repr() -> None:
     flow = active(with_intent=True)
     assert flow.client_secret is not None
@@ -212,10 +242,11 @@ _MAY_SET: dict[EventType, set[str]] = {
     _E.PAYMENT_SUCCEEDED: {"provider_status"},
     _E.PAYMENT_FAILED: {"provider_status"},
     _E.RETRIED: {"payment_method", "intent_id", "client_secret", "provider_status"},
-    _E.CANCELLED: set(),
+    _E.CANCEL_REQUESTED: set(),  # cancel_requested: bound to the state, see _ALWAYS
+    _E.CANCELLED: {"provider_status"},  # what the provider said the cancel did
     _E.EXPIRED: set(),
 }
-_ALWAYS = {"state", "version", "updated_at", "next_action", "error"}
+_ALWAYS = {"state", "version", "updated_at", "next_action", "error", "cancel_requested"}
 _ACCEPTED = [
     (situation, event_type)
     for situation, make in SITUATIONS.items()

@@ -8,7 +8,7 @@ import pytest
 
 from actors import flow_process as fp
 from actors.commands import AttachBooking, Cancel, CreateFlow, Join, Retry, SelectMethod, Submit
-from actors.flow_core import Flow, FlowState, Submitted, apply
+from actors.flow_core import Cancelled, CancelRequested, Flow, FlowState, Submitted, apply
 from actors.messages import (
     ProviderCall,
     ProviderObservation,
@@ -155,27 +155,44 @@ def test_unavailable_is_retried_later_with_the_same_call() -> None:
     assert decision.events == ()
 
 
-def test_rejected_create_fails_for_good() -> None:
-    flow = _active()
+def test_a_refused_create_fails_the_attempt_as_a_decline_would() -> None:
+    # A mistyped payment method: the customer may pick another one, within the policy.
+    flow = _active("pm_does_not_exist")
     (call,) = fp.pending_calls(flow)
-    decision = fp.on_provider_result(
-        flow, ProviderResult(call=call, error=ProviderRejected("bad")), CTX
-    )
-    failed = _run(flow, decision)
+    refused = ProviderResult(call=call, error=ProviderRejected("no such PaymentMethod"))
+    failed = _run(flow, fp.on_provider_result(flow, refused, CTX))
     assert failed.error is not None
-    assert failed.error.code == "provider_rejected"
-    assert failed.is_terminal
-    assert fp.NotifyTerminal() in decision.effects
+    assert (failed.error.code, failed.error.recoverable) == ("provider_rejected", True)
+    assert not failed.is_terminal
+    again = _run(failed, fp.decide(failed, Retry(id="f1", token=T), CTX))
+    assert again.state is FlowState.PAYMENT_PENDING
+    strict = fp.Context(now=1.0, retry_limit=0)
+    final = _run(flow, fp.on_provider_result(flow, refused, strict))
+    assert final.is_terminal
+    assert fp.NotifyTerminal() in fp.on_provider_result(flow, refused, strict).effects
 
 
-def test_cancel_cancels_the_intent_and_notifies() -> None:
-    flow = _with_intent()
+def test_a_command_the_state_refuses_is_invalid_transition_before_its_event_is_built() -> None:
+    booking = _run(
+        Flow.initial("f1"), fp.decide(Flow.initial("f1"), CreateFlow(amount=5, currency="eur"), CTX)
+    )
+    for command in (
+        SelectMethod(id="f1", token=T, payment_method="pm_card_visa"),
+        Submit(id="f1", token=T),
+        Retry(id="f1", token=T),
+    ):
+        decision = fp.decide(booking, command, CTX)
+        assert isinstance(decision.error, InvalidTransition), command
+        assert (decision.events, decision.effects) == ((), ())
+
+
+def test_cancel_without_an_intent_to_stop_ends_the_flow_at_once() -> None:
+    flow = _active()  # the intent is not created yet
     decision = fp.decide(flow, Cancel(id="f1", token=T), CTX)
-    kinds = [type(e) for e in decision.effects]
-    assert StopTracking in kinds
-    assert fp.NotifyTerminal in kinds
-    cancel = [e for e in decision.effects if isinstance(e, ProviderCall)]
-    assert [c.op for c in cancel] == [ProviderOp.CANCEL_INTENT]
+    assert [type(e) for e in decision.events] == [Cancelled]
+    assert fp.NotifyTerminal() in decision.effects
+    assert not [e for e in decision.effects if isinstance(e, ProviderCall)]
+    assert _run(flow, decision).state is FlowState.CANCELLED
 
 
 def test_observation_moves_the_flow_forward() -> None:
@@ -258,7 +275,7 @@ def test_a_refused_confirm_on_an_intent_still_unconfirmed_fails_for_good() -> No
     assert (failed.error.code, failed.is_terminal) == ("provider_rejected", True)
 
 
-def test_an_unanswered_reread_is_asked_again_and_a_stale_one_is_ignored() -> None:
+def test_an_unanswered_reread_isasked_again_and_a_stale_one_is_ignored() -> None:
     flow, confirm = _confirming()
     reread = _refused_confirm_rereads(flow, confirm)
     down = ProviderResult(call=reread, error=ProviderUnavailable("x"))
@@ -320,3 +337,191 @@ def test_answers_are_matched_on_the_pending_key_without_building_calls() -> None
     ) == (fp.Decision())
     followed = fp.on_provider_result(submitted, ProviderResult(call=reread, intent=paid), CTX)
     assert followed.steps[-1].state is FlowState.COMPLETED
+
+
+# --- cancel: asked of the provider first while the intent could still be paid ------------------
+
+
+def _challenged() -> Flow:
+    flow, confirm = _confirming()
+    challenge = _intent("requires_action", next_action={"type": "use_stripe_sdk"})
+    return _run(
+        flow, fp.on_provider_result(flow, ProviderResult(call=confirm, intent=challenge), CTX)
+    )
+
+
+def _cancel_requested(flow: Flow) -> tuple[Flow, ProviderCall]:
+    decision = fp.decide(flow, Cancel(id="f1", token=T), CTX)
+    assert [type(e) for e in decision.events] == [CancelRequested]
+    asked = _run(flow, decision)
+    assert (asked.state, asked.version, asked.cancel_requested) == (
+        flow.state,
+        flow.version + 1,
+        True,
+    )
+    (call,) = [e for e in decision.effects if isinstance(e, ProviderCall)]
+    assert decision.effects == (fp.Publish(), call)  # no notification, tracking goes on
+    assert (call.op, call.intent_id, call.idempotency_key) == (
+        ProviderOp.CANCEL_INTENT,
+        "pi_1",
+        f"f1:cancel_intent:1:{asked.version}",  # one key per request (see flow_calls)
+    )
+    return asked, call
+
+
+def test_cancel_in_three_d_secure_ends_cancelled_once_the_provider_canceled() -> None:
+    asked, call = _cancel_requested(_challenged())
+    answer = ProviderResult(call=call, intent=_intent("canceled"))
+    decision = fp.on_provider_result(asked, answer, CTX)
+    done = _run(asked, decision)
+    assert (done.state, done.provider_status) == (FlowState.CANCELLED, "canceled")
+    assert fp.NotifyTerminal() in decision.effects
+    assert StopTracking() in decision.effects
+
+
+def test_a_repeated_cancel_is_acked_again_without_a_second_call() -> None:
+    asked, _ = _cancel_requested(_challenged())
+    again = fp.decide(asked, Cancel(id="f1", token=T), CTX)
+    assert (again.error, again.events, again.effects) == (None, (), ())
+    assert again.reply is fp.ReplyKind.ACK
+
+
+def test_after_a_crash_the_requested_cancel_is_sent_again_with_its_key() -> None:
+    asked, call = _cancel_requested(_with_intent())
+    assert fp.pending_calls(asked) == (call,)
+    assert call in fp.resume(asked, CTX)
+
+
+def test_nothing_new_starts_while_a_cancel_is_on_its_way() -> None:
+    asked, _ = _cancel_requested(_with_intent())
+    for command in (Submit(id="f1", token=T), SelectMethod(id="f1", token=T, payment_method="x")):
+        assert isinstance(fp.decide(asked, command, CTX).error, InvalidTransition)
+
+
+def _refused(flow: Flow, call: ProviderCall) -> ProviderCall:
+    decision = fp.on_provider_result(
+        flow, ProviderResult(call=call, error=ProviderRejected("no")), CTX
+    )
+    assert decision.events == ()  # a refusal alone decides nothing
+    (reread,) = decision.effects
+    assert isinstance(reread, ProviderCall)
+    assert (reread.op, reread.intent_id) == (ProviderOp.RETRIEVE_INTENT, "pi_1")
+    return reread
+
+
+def test_a_cancel_refused_because_the_customer_paid_first_completes_the_flow() -> None:
+    asked, call = _cancel_requested(_with_intent())
+    reread = _refused(asked, call)
+    decision = fp.on_provider_result(
+        asked, ProviderResult(call=reread, intent=_intent("succeeded")), CTX
+    )
+    assert [step.state for step in decision.steps] == [
+        FlowState.PAYMENT_PROCESSING,
+        FlowState.COMPLETED,
+    ]
+    assert decision.steps[-1].provider_status == "succeeded"
+    assert not any(isinstance(e, fp.Alert) for e in decision.effects)
+
+
+def test_a_cancel_refused_for_another_reason_cancels_the_flow_with_a_warning() -> None:
+    asked, call = _cancel_requested(_challenged())
+    reread = _refused(asked, call)
+    still = ProviderResult(call=reread, intent=_intent("requires_action"))
+    decision = fp.on_provider_result(asked, still, CTX)
+    done = _run(asked, decision)
+    assert (done.state, done.provider_status) == (FlowState.CANCELLED, "requires_action")
+    assert (
+        fp.Alert(
+            name=fp.AlertName.INTENT_NOT_CANCELLED,
+            level=fp.AlertLevel.WARNING,
+            intent_id="pi_1",
+            provider_status="requires_action",
+        )
+        in decision.effects
+    )
+
+
+def test_a_reread_showing_the_intent_canceled_cancels_the_flow() -> None:
+    asked, call = _cancel_requested(_with_intent())
+    reread = _refused(asked, call)
+    gone = ProviderResult(call=reread, intent=_intent("canceled"))
+    assert _run(asked, fp.on_provider_result(asked, gone, CTX)).state is FlowState.CANCELLED
+
+
+def test_news_while_a_cancel_is_on_its_way() -> None:
+    asked, call = _cancel_requested(_challenged())
+    canceled = ProviderObservation(intent_id="pi_1", status="canceled")
+    ended = _run(asked, fp.on_observation(asked, canceled, CTX))
+    assert (ended.state, ended.provider_status, ended.error) == (
+        FlowState.CANCELLED,
+        "canceled",
+        None,
+    )
+    passed = ProviderObservation(intent_id="pi_1", status="succeeded")
+    paid = _run(asked, fp.on_observation(asked, passed, CTX))
+    assert paid.state is FlowState.COMPLETED
+    late_refusal = ProviderResult(call=call, error=ProviderRejected("already succeeded"))
+    assert fp.on_provider_result(paid, late_refusal, CTX) == fp.Decision()
+
+
+def test_a_cancelasked_again_after_a_voided_one_carries_a_key_of_its_own() -> None:
+    # A payment that got through first voids the request; if the intent comes back to 3-D
+    # Secure and the customer cancels again, the provider must not replay the first refusal.
+    asked, first = _cancel_requested(_challenged())
+    moving = ProviderObservation(intent_id="pi_1", status="processing")
+    voided = _run(asked, fp.on_observation(asked, moving, CTX))
+    assert (voided.state, voided.cancel_requested) == (FlowState.PAYMENT_PROCESSING, False)
+    again = ProviderObservation(intent_id="pi_1", status="requires_action", next_action={})
+    challenged = _run(voided, fp.on_observation(voided, again, CTX))
+    assert challenged.state is FlowState.REQUIRES_ACTION
+    asked_again, second = _cancel_requested(challenged)
+    assert second.idempotency_key != first.idempotency_key
+    late = ProviderResult(call=first, error=ProviderRejected("replayed refusal"))
+    assert not fp.is_pending(asked_again, first)
+    assert fp.on_provider_result(asked_again, late, CTX) == fp.Decision()
+
+
+def test_an_unanswered_cancel_and_its_reread_are_sent_again_later() -> None:
+    asked, call = _cancel_requested(_with_intent())
+    down = ProviderResult(call=call, error=ProviderUnavailable("x"))
+    assert fp.on_provider_result(asked, down, CTX).effects == (
+        fp.CallLater(call=call, delay=CTX.call_retry_delay),
+    )
+    reread = _refused(asked, call)
+    assert fp.is_pending(asked, reread)  # the timer's RetryCall goes out again
+
+
+def test_an_expired_flow_whose_intent_was_paid_asks_an_operator_to_refund() -> None:
+    expired = _run(_with_intent(), fp.on_expiry(_with_intent(), CTX))
+    (call,) = fp.pending_calls(expired)
+    reread = _refused(expired, call)
+    paid = ProviderResult(call=reread, intent=_intent("succeeded"))
+    decision = fp.on_provider_result(expired, paid, CTX)
+    assert decision.events == ()
+    assert decision.effects == (
+        fp.Alert(
+            name=fp.AlertName.PAYMENT_TAKEN_AFTER_FLOW_ENDED,
+            level=fp.AlertLevel.ERROR,
+            intent_id="pi_1",
+            provider_status="succeeded",
+        ),
+    )
+    unpaid = ProviderResult(call=call, intent=_intent("canceled"))
+    assert fp.on_provider_result(expired, unpaid, CTX) == fp.Decision()
+
+
+def test_a_failed_attempt_whose_intent_could_still_be_paid_cancels_it_first() -> None:
+    flow, confirm = _confirming()
+    declined = _intent(
+        "requires_payment_method", last_error=PaymentError(code="card_declined", message="no")
+    )
+    failed = _run(
+        flow, fp.on_provider_result(flow, ProviderResult(call=confirm, intent=declined), CTX)
+    )
+    asked, call = _cancel_requested(failed)
+    assert isinstance(fp.decide(asked, Retry(id="f1", token=T), CTX).error, InvalidTransition)
+    done = _run(
+        asked,
+        fp.on_provider_result(asked, ProviderResult(call=call, intent=_intent("canceled")), CTX),
+    )
+    assert (done.state, done.provider_status) == (FlowState.CANCELLED, "canceled")

@@ -10,6 +10,7 @@ import pytest
 
 from actors.flow_core import (
     PAYMENT_FAILURE_POLICY,
+    Cancelled,
     EventType,
     Flow,
     FlowEvent,
@@ -28,6 +29,8 @@ from tests.actors.flows import (
     at,
     fail,
     processing,
+    request_cancel,
+    requires_action,
     retry,
     select,
     submit,
@@ -75,6 +78,23 @@ EXPECTED: dict[tuple[str, str, bool], list[EventType]] = {
     ("REQUIRES_ACTION", "succeeded", False): SUCCESS,
     ("REQUIRES_ACTION", "canceled", False): [E.PAYMENT_FAILED],
 }
+
+
+def _while_cancelling(situation: str, plain: str) -> dict[tuple[str, str, bool], list[EventType]]:
+    """While a cancel the customer asked for is on its way, `canceled` is that cancel's outcome;
+    the rest means what it means without the request (a payment that got through completes)."""
+    rows = {
+        (situation, status, with_error): kinds
+        for (where, status, with_error), kinds in EXPECTED.items()
+        if where == plain
+    }
+    rows[situation, "canceled", False] = [E.CANCELLED]
+    return rows
+
+
+EXPECTED |= _while_cancelling("PAYMENT_ACTIVE(cancel requested)", "PAYMENT_ACTIVE(intent)")
+EXPECTED |= _while_cancelling("REQUIRES_ACTION(cancel requested)", "REQUIRES_ACTION")
+EXPECTED["FAILED(cancel requested)", "canceled", False] = [E.CANCELLED]
 CASES = list(itertools.product(SITUATIONS, [*STATUSES, "mystery_status"], [False, True]))
 
 
@@ -159,6 +179,15 @@ def test_failure_without_provider_error_gets_a_generic_reason() -> None:
     assert isinstance(canceled, PaymentFailed)
     assert isinstance(declined, PaymentFailed)
     assert (canceled.code, declined.code) == ("intent_canceled", "payment_failed")
+
+
+def test_canceled_ends_a_flow_whose_cancel_was_requested_and_fails_any_other() -> None:
+    asked = then(requires_action(), request_cancel)
+    [cancelled] = report(asked, "canceled")
+    assert isinstance(cancelled, Cancelled)
+    assert apply(asked, cancelled).provider_status == "canceled"
+    [failed] = report(requires_action(), "canceled")  # canceled by someone else: no payment
+    assert isinstance(failed, PaymentFailed)
 
 
 def test_status_of_another_intent_is_ignored() -> None:

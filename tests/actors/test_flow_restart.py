@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from actors.commands import AttachBooking, SelectMethod, Submit
+from actors.commands import Ack, AttachBooking, Cancel, SelectMethod, Submit
 from adapters.dummy_provider import DummyProvider
 from adapters.effects import LoopThread
-from tests.domain_harness import PAYS, Backend, Harness, start
+from tests.domain_harness import NEEDS_3DS, PAYS, Backend, Harness, start
 from tests.localstripe import HttpServer, LocalStripe, recording_proxy
 from tests.waiting import wait_until
 
@@ -83,3 +83,39 @@ def test_restart_resends_the_pending_create_with_the_same_key(
     keys = seen.create_keys()
     assert len(keys) == 2
     assert keys[0] == keys[1] == f"{flow_id}:create_intent:1:3"
+
+
+def test_restart_after_a_cancel_request_sends_the_same_cancel_again(tmp_path: Path) -> None:
+    """Stopped after `cancel_requested` was persisted, with the cancel in flight: the flow
+    rebuilt from the journal sends exactly that cancel again, and ends CANCELLED on its answer."""
+    loop = LoopThread()
+    dummy = DummyProvider(latency=SLOW_S, push_delay=0.05)
+    backend = Backend(name="dummy", dummy=dummy)
+    db = tmp_path / "journal.db"
+
+    def cancel_keys() -> list[str]:
+        return [key or "" for op, key in dummy.calls if op == "cancel_intent"]
+
+    first = start(db, backend, loop=loop)
+    created = first.create()
+    flow_id, token = created.flow_id, created.token
+    first.command(AttachBooking(id=flow_id, token=token, booking_id="bk-cancel"))
+    first.command(SelectMethod(id=flow_id, token=token, payment_method=first.method(NEEDS_3DS)))
+    first.wait_state(flow_id, "PAYMENT_ACTIVE", intent=True)
+    first.command(Submit(id=flow_id, token=token))
+    first.wait_state(flow_id, "REQUIRES_ACTION")
+    assert isinstance(first.command(Cancel(id=flow_id, token=token)), Ack)
+    wait_until(cancel_keys, what="the cancel sent")
+    _stop(first)  # the provider's answer finds no one to tell
+
+    second = start(db, backend, loop=loop)
+    try:
+        assert second.domain.recover() == 1
+        done = second.wait_state(flow_id, "CANCELLED")
+        assert done["provider_status"] == "canceled"
+        assert second.kinds(flow_id)[-2:] == ["cancel_requested", "cancelled"]
+        requested = second.kinds(flow_id).index("cancel_requested") + 1  # its version
+    finally:
+        _stop(second)
+        loop.stop()
+    assert cancel_keys() == [f"{flow_id}:cancel_intent:1:{requested}"] * 2

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from actors.flow_core import (
+    CANCEL_REQUEST_STATES,
     TRANSITIONS,
     EventType,
     Flow,
@@ -85,8 +86,9 @@ class FlowJournalMachine(RuleBasedStateMachine):
         event_type = data.draw(st.sampled_from(sorted(allowed_events(self.flow))))
         assert self._offer(data.draw(event_strategy(event_type, self.flow, self._tick())))
 
-    # Cancel and expire are allowed almost everywhere and end the flow; without a rule that
-    # moves forward, most runs would never see a payment at all.
+    # Cancel and expire are allowed almost everywhere and end the flow (a cancel request blocks
+    # what the customer may do next); without a rule that moves forward, most runs would never
+    # see a payment at all.
     @precondition(lambda self: bool(_forward(self.flow)))
     @rule(data=st.data())
     def forward_event(self, data: st.DataObject) -> None:
@@ -132,6 +134,9 @@ class FlowJournalMachine(RuleBasedStateMachine):
         assert (flow.error is not None) is (flow.state is FlowState.FAILED)
         if flow.state in {FlowState.PAYMENT_PROCESSING, FlowState.REQUIRES_ACTION}:
             assert flow.intent_id is not None
+        if flow.cancel_requested:  # a request is answered in the state it was made in
+            assert flow.state in CANCEL_REQUEST_STATES
+            assert flow.intent_id is not None
 
     # A rule rather than an invariant: replaying the whole journal after every step made the
     # test quadratic; checked at random points and always at the end it catches the same bugs.
@@ -151,7 +156,8 @@ class FlowJournalMachine(RuleBasedStateMachine):
 
 
 def _forward(flow: Flow) -> list[EventType]:
-    return sorted(allowed_events(flow) - {EventType.CANCELLED, EventType.EXPIRED})
+    ending = {EventType.CANCEL_REQUESTED, EventType.CANCELLED, EventType.EXPIRED}
+    return sorted(allowed_events(flow) - ending)
 
 
 def _stored(text: str) -> StoredRecord:

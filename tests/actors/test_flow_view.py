@@ -46,6 +46,9 @@ INTENT_SITUATIONS = {
     "COMPLETED",
     "FAILED(recoverable)",
     "FAILED(terminal)",
+    "PAYMENT_ACTIVE(cancel requested)",
+    "REQUIRES_ACTION(cancel requested)",
+    "FAILED(cancel requested)",
 }
 
 
@@ -70,7 +73,7 @@ def test_status_has_exactly_the_contract_keys_with_plain_values(situation: str) 
 @pytest.mark.parametrize("situation", list(SITUATIONS))
 def test_status_fields_apply_only_where_they_mean_something(situation: str) -> None:
     view = status_view(SITUATIONS[situation]())
-    assert (view["next_action"] is not None) is (situation == "REQUIRES_ACTION")
+    assert (view["next_action"] is not None) is situation.startswith("REQUIRES_ACTION")
     assert (view["client_secret"] is not None) is (situation in INTENT_SITUATIONS)
     assert (view["error"] is not None) is situation.startswith("FAILED")
 

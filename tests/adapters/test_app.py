@@ -23,7 +23,7 @@ from adapters.feeds import Feeds
 from adapters.metrics import Metrics
 from adapters.operations import Operations
 from runtime.backoff import Backoff
-from runtime.errors import Forbidden, NotFound, VersionConflict
+from runtime.errors import Forbidden, NotFound, PayflowError, VersionConflict
 from runtime.sqlite_journal import SQLiteJournal
 from runtime.system import ActorSystem
 from tests.adapters.test_feeds import FeedServer, until
@@ -85,7 +85,7 @@ async def stack(tmp_path: Path, api_key: str | None = None) -> AsyncIterator[Sta
         metrics=metrics,
         start_draining=app.start_draining,
     )
-    bridge = Bridge(app, host="127.0.0.1", port=0)
+    bridge = Bridge(app, host="127.0.0.1", port=0, on_refused=metrics.error)
     await bridge.start()
     try:
         yield Stack(app=app, ops=ops, domain=domain, bridge=bridge, metrics=metrics)
@@ -119,6 +119,50 @@ def test_not_found_comes_before_forbidden_and_refusals_count_as_errors(tmp_path:
         assert s.metrics.errors_per_minute() == 3
 
     run(tmp_path, body)
+
+
+def test_frames_refused_before_the_app_count_as_errors_by_code(tmp_path: Path) -> None:
+    async def body(s: Stack) -> None:
+        async with PayflowClient(s.url) as client:
+            for bad in ({"type": "nope"}, {"type": "create_flow", "amount": -1}):
+                with pytest.raises(PayflowError):
+                    await client.request(bad.pop("type"), **bad)
+        assert s.metrics.errors_per_minute() == 2
+        exposed = s.metrics.render().decode()
+        assert 'payflowd_errors_total{code="unknown_type"} 1.0' in exposed
+        assert 'payflowd_errors_total{code="invalid_field"} 1.0' in exposed
+
+    run(tmp_path, body)
+
+
+def test_no_token_is_forbidden_after_not_found_and_leave_checks_expect_version(
+    tmp_path: Path,
+) -> None:
+    # The contract's order: not_found, then forbidden "(a missing or wrong token)"; and "any
+    # command may carry expect_version": a `leave` at the wrong version changes nothing.
+    async def body(s: Stack) -> None:
+        async with PayflowClient(s.url) as client:
+            flow_id = (await client.create_flow(amount=10, currency="eur"))["flow_id"]
+            for token in ("", None):  # None: the field left out
+                with pytest.raises(NotFound):
+                    await client.request("submit", id="flw_unknown", token=token)
+                with pytest.raises(Forbidden):
+                    await client.request("submit", id=flow_id, token=token)
+            with pytest.raises(Forbidden):
+                await client.request("join", id=flow_id)
+            with pytest.raises(VersionConflict):
+                await client.request("leave", id=flow_id, expect_version=7)
+            assert (await _sessions_of(s, flow_id)) == 1  # still joined: the refusal left it
+            left = await client.request("leave", id=flow_id, expect_version=1)
+            assert (left["type"], left["version"]) == ("ack", 1)
+            assert (await _sessions_of(s, flow_id)) == 0
+
+    run(tmp_path, body)
+
+
+async def _sessions_of(s: Stack, flow_id: str) -> int:
+    # Operations asks actors and waits for their answers: off the loop, as payflowctl's server does.
+    return int((await asyncio.to_thread(s.ops.inspect, flow_id))["sessions"])
 
 
 def test_a_token_proven_once_opens_only_its_flow_and_a_wrong_one_stays_forbidden(

@@ -308,6 +308,8 @@ def test_an_unknown_id_is_exit_1_with_a_clear_message(served: ServedControl, com
         ["ps", "--state", "BOGUS"],
         ["top", "--json"],
         ["--timeout", "0"],
+        ["--timeout", "abc", "status"],
+        ["top", "--interval", "nan"],
     ],
     ids=lambda argv: " ".join(argv) or "no command",
 )
@@ -315,6 +317,7 @@ def test_bad_usage_is_exit_2_in_one_line(tmp_path: Path, argv: list[str]) -> Non
     result = run_ctl("--control", str(tmp_path / "x.sock"), *argv)
     assert result.returncode == 2
     assert one_line(result.stderr).startswith("payflowctl")
+    assert "_positive" not in result.stderr  # the message speaks of the value, not our code
     assert result.stdout == ""
 
 

@@ -43,6 +43,13 @@ BAD_INVOCATIONS = [
     pytest.param(["--provider", "stripe"], {}, id="stripe-without-key"),
     pytest.param([], {"PAYFLOWD_LOG_FORMAT": "xml"}, id="bad-env-value"),
     pytest.param(["--db", "no/such/dir/x.db"], {}, id="db-dir-missing"),
+    pytest.param(["--notify-url", "http://[bad"], {"PAYFLOWD_NOTIFY_SECRET": "s"}, id="bad-url"),
+    pytest.param(["--feed", "ws://[bad"], {}, id="feed-bad-host"),
+    pytest.param(["--listen", "127.0.0.1:\u00b2"], {}, id="superscript-port"),
+    pytest.param(["--listen", "127.0.0.1:\u0668\u0667"], {}, id="arabic-indic-port"),
+    pytest.param(["--retry-limit", "\u00b2"], {}, id="superscript-number"),
+    pytest.param(["--listen", "127.0.0.1:18777", "--http", "127.0.0.1:18777"], {}, id="same-port"),
+    pytest.param(["--db", "/proc/payflowd.db"], {}, id="db-where-no-file-can-be-made"),
 ]
 
 
@@ -461,6 +468,24 @@ def _feed_row(daemon: DaemonProcess) -> dict[str, Any]:
     return rows[0]
 
 
+async def _intent_awaiting_confirm(url: str) -> tuple[str, Any, PayflowClient]:
+    """A flow whose payment intent exists and waits for a confirm, as a Stripe.js front end
+    would confirm it; its flow_id, its subscription and the open client."""
+    client = PayflowClient(url)
+    await client.__aenter__()
+    created = await client.create_flow(amount=1200, currency="eur")
+    flow_id, token = created["flow_id"], created["token"]
+    subscription = await client.subscribe(flow_id, token)
+    await client.attach_booking(flow_id, token, f"bk_{flow_id}")
+    await client.select_method(flow_id, token, "pm_card_visa")
+    await _until(subscription, lambda status: status["provider_status"] is not None)
+    return flow_id, subscription, client
+
+
+def _intent_of(flow: dict[str, Any]) -> str:
+    return str(flow["tracker"]["intent_id"])
+
+
 def test_feeds_reconnect_resubscribe_since_and_turn_error_after_the_retry_limit(
     tmp_path: Path,
 ) -> None:
@@ -472,8 +497,7 @@ def test_feeds_reconnect_resubscribe_since_and_turn_error_after_the_retry_limit(
         try:
             wait_until(lambda: _feed_row(first)["state"] == "MONITORING", "feed monitoring", WAIT)
             assert server.feed.subscribes == [0]
-            server.call(server.feed.push(**event_frame("evt_a", 50)))
-            wait_until(lambda: _feed_row(first)["since"] == 50, "event applied", WAIT)
+            _the_feed_completes_a_flow(first, server)
             server.call(server.feed.stop())
             server.call(server.feed.start())
             wait_until(lambda: server.feed.subscribes == [0, 50], "resubscribed with since", WAIT)
@@ -490,10 +514,42 @@ def test_feeds_reconnect_resubscribe_since_and_turn_error_after_the_retry_limit(
         second = first.restart()
         try:
             wait_until(lambda: server.feed.subscribes[-1:] == [50], "a restart resumes since", WAIT)
+            # The feed's position stream is not a flow: the restart resumes no flow and no
+            # actor fails trying to read one.
+            recovered = [e for e in second.log_events() if e.get("event") == "flows_recovered"]
+            assert [e["count"] for e in recovered] == [0]
+            assert not [e for e in second.log_events() if e.get("level") == "error"]
+            assert all(node["restarts"] == 0 for node in second.ctl_json("tree")["children"])
         finally:
             assert second.stop() == 0
     finally:
         server.close()
+
+
+def _the_feed_completes_a_flow(daemon: DaemonProcess, server: FeedServerThread) -> None:
+    """A feed event for a known intent moves its flow and `since`; one for an intent nobody
+    knows, dated later, moves neither."""
+
+    async def scenario() -> None:
+        flow_id, subscription, client = await _intent_awaiting_confirm(daemon.url)
+        try:
+            intent_id = _intent_of(daemon.ctl_json("inspect", flow_id))
+            foreign = {**event_frame("evt_x", 60), "intent_id": "pi_nobody"}
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(server.feed.push(**foreign), server.loop)
+            )
+            known = {**event_frame("evt_a", 50), "intent_id": intent_id}
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(server.feed.push(**known), server.loop)
+            )
+            seen = await _until(subscription, lambda status: status["state"] == "COMPLETED")
+            assert seen[-1]["provider_status"] == "succeeded"
+        finally:
+            await client.__aexit__(None, None, None)
+
+    asyncio.run(scenario())
+    wait_until(lambda: _feed_row(daemon)["since"] == 50, "position from the applied event", WAIT)
+    assert _feed_row(daemon)["flows"] == 1
 
 
 def test_the_stripe_provider_against_localstripe_completes_a_flow(
@@ -701,6 +757,23 @@ def test_signed_webhooks_repeated_and_out_of_order_with_polls_complete_the_flow_
     assert events.count("payment_succeeded") == 1
     assert events[-1] == "payment_succeeded"
     assert [row["version"] for row in history] == list(range(1, len(history) + 1))
+
+
+def test_with_the_dummy_provider_signed_webhooks_are_verified_and_applied(tmp_path: Path) -> None:
+    # A site can test its webhook wiring before it has Stripe keys: same endpoint, same checks.
+    env = {"STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    with running_daemon(tmp_path, [], env=env) as daemon:
+        flow_id, intent_id = asyncio.run(_flow_with_intent(daemon))
+        url = f"{daemon.http_url}/webhooks/stripe"
+        paid = _intent_event("evt_dummy_paid", intent_id, "succeeded", int(time.time()))
+        assert _post(url, paid, {}) == 400
+        assert _post(url, paid, {"Stripe-Signature": sign_webhook(paid, "whsec_wrong")}) == 400
+        assert daemon.ctl_json("inspect", flow_id)["state"] == "PAYMENT_ACTIVE"
+        assert _post(url, paid, {"Stripe-Signature": sign_webhook(paid, WEBHOOK_SECRET)}) == 200
+        wait_until(
+            lambda: daemon.ctl_json("inspect", flow_id)["state"] == "COMPLETED", "completed", WAIT
+        )
+    assert WEBHOOK_SECRET not in daemon.log()
 
 
 async def _flow_with_intent(daemon: DaemonProcess) -> tuple[str, str]:

@@ -4,6 +4,7 @@ backoff, ERROR after the retry limit (and back), the position kept in the journa
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,15 +74,34 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 
 
 class Sinks:
+    """The domain's side: records what arrived; only `pi_1` belongs to a flow here."""
+
     def __init__(self) -> None:
         self.events: list[ProviderEvent] = []
         self.health: list[bool] = []
 
-    async def on_event(self, event: ProviderEvent) -> None:
+    async def on_event(self, event: ProviderEvent) -> bool:
         self.events.append(event)
+        return event.intent_id == "pi_1"
 
     def on_health(self, healthy: bool) -> None:
         self.health.append(healthy)
+
+
+async def _monitoring(
+    server: FeedServer, journal: SQLiteJournal, sinks: Sinks
+) -> tuple[Feed, asyncio.Task[None]]:
+    """A feed of `server` running, subscribed and monitoring."""
+    feed = Feed(
+        server.url,
+        position=FeedPosition(journal, server.url),
+        on_event=sinks.on_event,
+        on_health=sinks.on_health,
+        backoff=FAST,
+    )
+    task = asyncio.create_task(feed.run())
+    await until(lambda: feed.state is FeedState.MONITORING, "monitoring")
+    return feed, task
 
 
 def test_reconnect_resubscribes_since_the_latest_applied_event(
@@ -92,15 +112,7 @@ def test_reconnect_resubscribes_since_the_latest_applied_event(
         await server.start()
         sinks = Sinks()
         with SQLiteJournal(tmp_path / "j.db") as journal:
-            feed = Feed(
-                server.url,
-                position=FeedPosition(journal, server.url),
-                on_event=sinks.on_event,
-                on_health=sinks.on_health,
-                backoff=FAST,
-            )
-            task = asyncio.create_task(feed.run())
-            await until(lambda: feed.state is FeedState.MONITORING, "monitoring")
+            feed, task = await _monitoring(server, journal, sinks)
             assert server.subscribes == [0]
             await server.push(type="hello")  # a frame type we do not know: ignored
             await server.push(type="provider_event", id="bad")  # malformed: skipped
@@ -116,6 +128,37 @@ def test_reconnect_resubscribes_since_the_latest_applied_event(
             await feed.stop()
             await asyncio.wait_for(task, WAIT)
             assert FeedPosition(journal, server.url).since == 100  # what a restart resumes from
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_only_events_that_reached_a_flow_move_since_and_never_past_now(tmp_path: Path) -> None:
+    # One foreign or future-dated event must not make a reconnect skip real events before it.
+    async def scenario() -> None:
+        server = FeedServer()
+        await server.start()
+        sinks = Sinks()
+        with SQLiteJournal(tmp_path / "j.db") as journal:
+            feed, task = await _monitoring(server, journal, sinks)
+            await server.push(**event_frame("evt_1", 100.75))
+            await until(lambda: feed.since == 100.75, "position advanced")
+            foreign = {**event_frame("evt_2", 5_000), "intent_id": "pi_nobody"}
+            await server.push(**foreign)
+            future = time.time() + 3600
+            await server.push(**event_frame("evt_3", future))
+            await until(lambda: len(sinks.events) == 3, "all three delivered")
+            await until(lambda: feed.since > 100.75, "position advanced by evt_3")
+            assert feed.since < future - 3000  # held at this machine's clock
+            assert feed.intents == {"pi_1"}
+            await server.stop()
+            await server.start()
+            await until(lambda: len(server.subscribes) == 2, "resubscribed")
+            assert server.subscribes[0] == 0
+            assert server.subscribes[1] == int(feed.since)
+            assert type(server.subscribes[1]) is int  # whole seconds, rounded down
+            await feed.stop()
+            await asyncio.wait_for(task, WAIT)
             await server.stop()
 
     asyncio.run(scenario())

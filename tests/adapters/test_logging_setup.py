@@ -60,6 +60,25 @@ def test_nested_values_and_stdlib_records_are_masked() -> None:
     assert json.loads(stream.getvalue().strip())["level"] == "warning"
 
 
+class _CarriesASecret:
+    """Stands for an SDK object whose repr shows a key, as a request or an error might."""
+
+    def __repr__(self) -> str:
+        return "Request(api_key=sk_live_hidden123, amount=4200)"
+
+
+def test_objects_whose_repr_shows_a_secret_are_masked_in_json_and_console() -> None:
+    entry = _log_one(request=_CarriesASecret(), seen={"pft_abc-1"})
+    assert "sk_live_hidden123" not in str(entry["request"])
+    assert "amount=4200" in str(entry["request"])
+    assert entry["seen"] == [REDACTED]
+    stream = io.StringIO()
+    configure_logging("console", stream=stream)
+    structlog.get_logger("test").info("provider_call", request=_CarriesASecret())
+    assert "sk_live_hidden123" not in stream.getvalue()
+    assert REDACTED in stream.getvalue()
+
+
 def test_batched_lines_reach_the_stream_together_and_warnings_at_once() -> None:
     stream = io.StringIO()
     writer = LineWriter(stream, batch_s=60.0)  # a window far longer than the test

@@ -81,6 +81,8 @@ def test_bad_values_raise_one_line_naming_the_source(
         ("listen = [", "not valid TOML"),
         ("lisen = '127.0.0.1:1'", "unknown key 'lisen'"),
         ("preserve_window = 'x'", "preserve_window"),
+        ("preserve_window = " + "9" * 400, "preserve_window"),  # past a float's range
+        ("notify_url = 'https://[bad'", "notify_url"),
     ],
 )
 def test_bad_config_files_are_rejected(tmp_path: Path, content: str, fragment: str) -> None:
