@@ -105,12 +105,12 @@ class Bridge:
         host: str = "127.0.0.1",
         port: int = 8765,
         limits: BridgeLimits | None = None,
-        on_refused: Callable[[str], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
-        """`on_refused(code)`: a request refused here, before the handler saw it (a frame
-        that did not decode, the rate limit); the handler counts its own refusals."""
+        """`on_error(code)`: an `error` frame the handler did not raise itself (a frame that did
+        not decode, the rate limit, a handler bug); the handler counts its own refusals."""
         self._handler = handler
-        self._on_refused = on_refused
+        self._on_error = on_error
         self._host = host
         self._port = port
         self._limits = limits or BridgeLimits()
@@ -271,11 +271,11 @@ class Bridge:
         except Exception:  # noqa: BLE001 - a handler bug answers `internal`, the connection lives
             # Never the request itself in the log: it may carry a token or an API key.
             _log().error("request_failed", session_id=session.id, type=command.TYPE, exc_info=True)
-            return encode_error(command.ref, Internal("internal error"))
+            return self._refuse(command.ref, Internal("internal error"))
 
     def _refuse(self, ref: Ref, error: PayflowError) -> bytes:
-        if self._on_refused is not None:
-            self._on_refused(error.code)
+        if self._on_error is not None:
+            self._on_error(error.code)
         return encode_error(ref, error)
 
 

@@ -270,7 +270,7 @@ class Daemon:
                 app,
                 host=settings.listen.host,
                 port=settings.listen.port,
-                on_refused=self.metrics.error,
+                on_error=self.metrics.error,
             ),
             http=http,
             control=ControlServer(settings.control, self.operations),

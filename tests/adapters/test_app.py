@@ -85,7 +85,7 @@ async def stack(tmp_path: Path, api_key: str | None = None) -> AsyncIterator[Sta
         metrics=metrics,
         start_draining=app.start_draining,
     )
-    bridge = Bridge(app, host="127.0.0.1", port=0, on_refused=metrics.error)
+    bridge = Bridge(app, host="127.0.0.1", port=0, on_error=metrics.error)
     await bridge.start()
     try:
         yield Stack(app=app, ops=ops, domain=domain, bridge=bridge, metrics=metrics)

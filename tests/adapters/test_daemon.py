@@ -526,6 +526,24 @@ def test_feeds_reconnect_resubscribe_since_and_turn_error_after_the_retry_limit(
         server.close()
 
 
+def test_sigterm_is_not_held_up_by_a_feed_that_stopped_answering(tmp_path: Path) -> None:
+    # The contract's 10 s for a SIGTERM: a frozen feed must not spend it on a closing handshake.
+    server = FeedServerThread()
+    frozen = threading.Event()
+    try:
+        server.call(server.feed.start())
+        daemon = launch(tmp_path, ["--feed", server.feed.url])
+        try:
+            wait_until(lambda: _feed_row(daemon)["state"] == "MONITORING", "feed monitoring", WAIT)
+            server.loop.call_soon_threadsafe(frozen.wait)  # the feed's process hangs
+            assert daemon.stop() == 0  # within STOP_TIMEOUT, the contract's 10 s
+        finally:
+            daemon.kill()
+    finally:
+        frozen.set()
+        server.close()
+
+
 def _the_feed_completes_a_flow(daemon: DaemonProcess, server: FeedServerThread) -> None:
     """A feed event for a known intent moves its flow and `since`; one for an intent nobody
     knows, dated later, moves neither."""
