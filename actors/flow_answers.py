@@ -138,7 +138,7 @@ def _reread(flow: Flow, result: ProviderResult, ctx: Context) -> Decision:
 def _after_cancel(flow: Flow, intent: Intent, ctx: Context) -> Decision:
     """The flow's intent as the provider shows it after the flow's cancel: follow it."""
     status = intent.status
-    if flow.is_terminal:  # expired (or cancelled) before: nothing moves it, but money may have
+    if flow.is_terminal:  # ended before the answer: nothing moves it, but it may have been paid
         return _taken(flow, status, AlertName.PAYMENT_TAKEN_AFTER_FLOW_ENDED)
     if status in CANCELLABLE:  # refused for another reason: the flow ends as the customer asked
         return _cancelled_anyway(flow, status, ctx)

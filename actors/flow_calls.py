@@ -31,6 +31,7 @@ __all__ = [
     "idempotency_key",
     "intent_call",
     "is_pending",
+    "let_go_intent_calls",
     "pending_calls",
 ]
 
@@ -67,6 +68,32 @@ def awaited_op(flow: Flow) -> ProviderOp | None:
     if ended and flow.intent_id is not None and flow.provider_status in CANCELLABLE:
         return ProviderOp.CANCEL_INTENT
     return None
+
+
+def let_go_intent_calls(before: Flow, after: Flow) -> tuple[ProviderCall, ...]:
+    """A cancel, once, for an intent the provider could still charge when the flow lets go of
+    it: the intent a `retry` or a switch of method leaves behind, or the intent of a flow that
+    just failed for good. The browser still holds its client_secret, so Stripe.js could pay it
+    and nothing here would know. Sent as a consequence of the event that lets go, keyed by the
+    intent; a crash between the two leaves that intent uncancelled (the flow no longer names it,
+    so nothing derives the call again)."""
+    intent_id = before.intent_id
+    if intent_id is not None and after.intent_id != intent_id:
+        return _cancel_once(before, intent_id)
+    failed_for_good = after.state is _S.FAILED and after.is_terminal and not before.is_terminal
+    if failed_for_good and after.intent_id is not None:
+        return _cancel_once(after, after.intent_id)
+    return ()
+
+
+def _cancel_once(flow: Flow, intent_id: str) -> tuple[ProviderCall, ...]:
+    if flow.provider_status not in CANCELLABLE:
+        return ()
+    key = f"{flow.flow_id}:{ProviderOp.CANCEL_INTENT.value}:{intent_id}"
+    call = ProviderCall(
+        op=ProviderOp.CANCEL_INTENT, flow_id=flow.flow_id, intent_id=intent_id, idempotency_key=key
+    )
+    return (call,)
 
 
 def cancelling(flow: Flow) -> bool:

@@ -10,12 +10,11 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import lru_cache
 
-from actors.flow_calls import pending_calls
+from actors.flow_calls import let_go_intent_calls, pending_calls
 from actors.flow_core import (
     PAYMENT_FAILURE_POLICY,
     Flow,
     FlowEvent,
-    FlowState,
     RecoveryPolicy,
     apply,
     events_for_provider_status,
@@ -194,6 +193,7 @@ def _consequences(before: Flow, after: Flow) -> list[Effect]:
     stops = before.intent_id is not None and not watched and watching(before, was_terminal)
     if stops:
         effects.append(StopTracking())
+    effects.extend(let_go_intent_calls(before, after))
     if is_terminal and not was_terminal:
         effects.extend(_ENDED)
     return effects
@@ -202,7 +202,7 @@ def _consequences(before: Flow, after: Flow) -> list[Effect]:
 def watching(flow: Flow, terminal: bool) -> bool:
     """Whether the flow's intent is tracked (`terminal` is flow.is_terminal, which the callers
     need for themselves as well)."""
-    return flow.intent_id is not None and flow.state is not FlowState.FAILED and not terminal
+    return flow.intent_id is not None and not terminal
 
 
 def status_events(

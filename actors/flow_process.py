@@ -217,7 +217,8 @@ def on_expiry(flow: Flow, ctx: Context) -> Decision:
     one that is paying keeps being tracked, and is looked at again one window later."""
     if flow.is_terminal or flow.state is _S.INITIAL:
         return NOTHING
-    if flow.state not in EXPIRABLE:
+    if flow.state not in EXPIRABLE or cancelling(flow):
+        # A cancel on its way ends the flow as the customer asked, once the provider answers.
         return Decision(effects=(ScheduleExpiry(delay=ctx.preserve_window),))
     return persist(flow, [Expired(at=ctx.now)])
 

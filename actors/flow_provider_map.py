@@ -72,6 +72,12 @@ PROVIDER_STATUS_EVENTS: Mapping[FlowState, Mapping[str, tuple[EventType, ...]]] 
         _I.SUCCEEDED: (_E.PAYMENT_SUCCEEDED,),
         _I.CANCELED: _FAIL,
     },
+    # A recoverable failure's intent is still watched: the customer may pay it from outside.
+    FlowState.FAILED: {
+        _I.PROCESSING: (_E.PROCESSING,),
+        _I.REQUIRES_CAPTURE: _SUCCEED_FROM_OUTSIDE,
+        _I.SUCCEEDED: _SUCCEED_FROM_OUTSIDE,
+    },
     FlowState.REQUIRES_ACTION: {
         _I.REQUIRES_PAYMENT_METHOD: _FAIL,  # 3-D Secure failed
         DECLINED: _FAIL,
@@ -118,7 +124,7 @@ def events_for_provider_status(
     (an earlier attempt's) is ignored. `policy` decides whether a failure is recoverable, from
     `flow.attempts`. The result always applies cleanly to `flow` in order; [] means "no news".
     """
-    if flow.intent_id is None or intent_id not in (None, flow.intent_id):
+    if flow.intent_id is None or intent_id not in (None, flow.intent_id) or flow.is_terminal:
         return []
     seen = DECLINED if status == _I.REQUIRES_PAYMENT_METHOD and error is not None else status
     if seen == flow.provider_status:  # a repeat; `declined` never is, it is a new verdict

@@ -131,6 +131,9 @@ TRANSITIONS: Mapping[FlowState, Mapping[EventType, FlowState]] = _frozen(
         # Only while recoverable (GUARDS): a terminal failure has no way out.
         _S.FAILED: {
             _E.RETRIED: _S.PAYMENT_PENDING,
+            # The customer paid the declined intent with another card through Stripe.js, as
+            # Stripe suggests after a decline: the payment is followed to its end.
+            _E.PROCESSING: _S.PAYMENT_PROCESSING,
             _E.CANCEL_REQUESTED: _S.FAILED,  # the declined intent may still be paid by Stripe.js
             _E.CANCELLED: _S.CANCELLED,
             _E.EXPIRED: _S.EXPIRED,
@@ -151,6 +154,7 @@ GUARDS: Mapping[FlowState, Mapping[EventType, tuple[Guard, ...]]] = MappingProxy
             {
                 **dict.fromkeys(TRANSITIONS[_S.FAILED], (_G.RECOVERABLE_ERROR,)),
                 _E.RETRIED: (_G.RECOVERABLE_ERROR, _G.NO_CANCEL_REQUESTED),
+                _E.PROCESSING: (_G.RECOVERABLE_ERROR, _G.HAS_INTENT),
                 _E.CANCEL_REQUESTED: (_G.RECOVERABLE_ERROR, *_REQUEST_CANCEL),
             }
         ),

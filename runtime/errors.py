@@ -64,9 +64,12 @@ class ConfigError(Rejected):
 
 
 class ProviderRejected(Rejected):
-    """The provider refused the request as invalid (not a decline); retrying will not help."""
+    """The provider refused the request as invalid (not a decline); retrying will not help.
 
-    code = "internal"
+    Not a wire code: a client that caused it sees `internal` (`ErrorFrame.from_error`), while
+    logs and metrics name what happened."""
+
+    code = "provider_rejected"
 
 
 class InvalidWebhook(Rejected):

@@ -27,6 +27,7 @@ from actors.commands import (
 from actors.flow_journal import load_flow
 from actors.flow_view import status_view
 from actors.messages import ClientCommand, ClientPresence
+from actors.provider import ProviderEvent
 from actors.tracker_core import PollPolicy
 from adapters.domain import DomainSettings
 from adapters.dummy_provider import DummyProvider
@@ -92,12 +93,19 @@ def test_three_d_secure_goes_through_requires_action(harness: Harness) -> None:
     assert "action_required" in harness.kinds(flow_id)
 
 
+def _provider_status(h: Harness, intent_id: str) -> str:
+    return h.loop.run(h.provider.retrieve_intent(intent_id)).status
+
+
 def test_decline_is_recoverable_and_retry_pays(harness: Harness) -> None:
     flow_id, token = _paying(harness, DECLINES)
     harness.command(Submit(id=flow_id, token=token))
     failed = harness.wait_state(flow_id, "FAILED")
     assert failed["error"]["recoverable"] is True
     assert isinstance(harness.command(Retry(id=flow_id, token=token)), Ack)
+    # The declined intent is let go of: cancelled, so Stripe.js can no longer charge it.
+    declined = _intent_id(failed)
+    wait_until(lambda: _provider_status(harness, declined) == "canceled", what="old intent gone")
     pending = harness.wait_state(flow_id, "PAYMENT_PENDING")
     assert pending["error"] is None
     harness.command(SelectMethod(id=flow_id, token=token, payment_method=harness.method(PAYS)))
@@ -117,6 +125,8 @@ def test_retry_limit_makes_the_second_decline_final(harness: Harness) -> None:
     harness.command(Submit(id=flow_id, token=token))
     final = harness.wait_state(flow_id, "FAILED")
     assert final["error"]["recoverable"] is False
+    last = _intent_id(final)  # failed for good: its intent is cancelled at the provider
+    wait_until(lambda: _provider_status(harness, last) == "canceled", what="intent cancelled")
     version = final["version"]
     refused = harness.command(Retry(id=flow_id, token=token))
     assert isinstance(refused, InvalidTransition)
@@ -206,6 +216,25 @@ def test_a_cancel_racing_a_client_side_confirm_leaves_the_paid_flow_completed(
     assert "cancel_requested" in kinds
     assert "cancelled" not in kinds
     assert notifier.states[flow_id] == ["COMPLETED"]  # never flow.cancelled
+
+
+def test_a_declined_intent_paid_with_another_card_from_outside_completes_the_flow(
+    harness: Harness,
+) -> None:
+    """As Stripe suggests after a decline, the page confirms the same intent again with another
+    card through Stripe.js; the daemon hears of it by webhook (here: the same event, routed as
+    the webhook endpoint routes it) and follows the payment to COMPLETED."""
+    flow_id, token = _paying(harness, DECLINES)
+    harness.command(Submit(id=flow_id, token=token))
+    failed = harness.wait_state(flow_id, "FAILED")
+    assert failed["error"]["recoverable"] is True
+    paid = ProviderEvent(
+        event_id="evt_paid_outside", intent_id=_intent_id(failed), status="succeeded", created=1.0
+    )
+    assert harness.domain.route_provider_event(paid)
+    done = harness.wait_state(flow_id, "COMPLETED")
+    assert (done["error"], done["provider_status"], done["attempts"]) == (None, "succeeded", 1)
+    assert harness.kinds(flow_id)[-2:] == ["processing", "payment_succeeded"]
 
 
 def test_an_expired_flow_whose_intent_was_paid_meanwhile_is_logged_for_a_refund(

@@ -88,12 +88,14 @@ EXPECTED: dict[str, dict[EventType, FlowState]] = {
     "COMPLETED": {},
     "FAILED(recoverable)": {
         E.RETRIED: S.PAYMENT_PENDING,
+        E.PROCESSING: S.PAYMENT_PROCESSING,  # the customer paid the declined intent from outside
         E.CANCEL_REQUESTED: S.FAILED,  # the declined intent could still be paid with Stripe.js
         E.CANCELLED: S.CANCELLED,
         E.EXPIRED: S.EXPIRED,
     },
     "FAILED(terminal)": {},
     "FAILED(cancel requested)": {
+        E.PROCESSING: S.PAYMENT_PROCESSING,  # paid before the cancel arrived
         E.CANCELLED: S.CANCELLED,
         E.EXPIRED: S.EXPIRED,
     },

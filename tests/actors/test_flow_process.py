@@ -145,6 +145,55 @@ def test_decline_fails_recoverably_then_finally() -> None:
     assert final.is_terminal
 
 
+_DECLINED = _intent(
+    "requires_payment_method", last_error=PaymentError(code="card_declined", message="no")
+)
+
+
+def _declined(ctx: fp.Context = CTX) -> tuple[Flow, fp.Decision]:
+    """A submitted payment declined: the flow after it, and the decision that failed it."""
+    flow = _run(_with_intent(), fp.decide(_with_intent(), Submit(id="f1", token=T), CTX))
+    (call,) = fp.pending_calls(flow)
+    decision = fp.on_provider_result(flow, ProviderResult(call=call, intent=_DECLINED), ctx)
+    return _run(flow, decision), decision
+
+
+def _cancels(decision: fp.Decision) -> list[tuple[str | None, str]]:
+    return [
+        (e.intent_id, e.idempotency_key)
+        for e in decision.effects
+        if isinstance(e, ProviderCall) and e.op is ProviderOp.CANCEL_INTENT
+    ]
+
+
+def test_a_declined_intent_paid_from_outside_completes_the_flow() -> None:
+    # Stripe's own advice after a decline: confirm the same intent again with another card.
+    failed, decision = _declined()
+    assert StopTracking() not in decision.effects  # still watched while recoverable
+    paid = ProviderObservation(intent_id="pi_1", status="succeeded")
+    done = _run(failed, fp.on_observation(failed, paid, CTX))
+    assert (done.state, done.error, done.provider_status) == (
+        FlowState.COMPLETED,
+        None,
+        "succeeded",
+    )
+
+
+def test_an_intent_the_flow_lets_go_of_is_cancelled_once() -> None:
+    failed, _ = _declined()
+    retried = fp.decide(failed, Retry(id="f1", token=T), CTX)
+    assert _cancels(retried) == [("pi_1", "f1:cancel_intent:pi_1")]
+    assert StopTracking() in retried.effects
+    switched = fp.decide(_with_intent(), SelectMethod(id="f1", token=T, payment_method="pm_x"), CTX)
+    assert _cancels(switched) == [("pi_1", "f1:cancel_intent:pi_1")]
+    final, ended = _declined(fp.Context(now=1.0, retry_limit=0))
+    assert final.is_terminal
+    assert _cancels(ended) == [("pi_1", "f1:cancel_intent:pi_1")]
+    (cancel,) = [e for e in ended.effects if isinstance(e, ProviderCall)]
+    answer = ProviderResult(call=cancel, intent=_intent("canceled"))
+    assert fp.on_provider_result(final, answer, CTX) == fp.Decision()  # nothing moves it
+
+
 def test_unavailable_is_retried_later_with_the_same_call() -> None:
     flow = _active()
     (call,) = fp.pending_calls(flow)
@@ -489,6 +538,14 @@ def test_an_unanswered_cancel_and_its_reread_are_sent_again_later() -> None:
     )
     reread = _refused(asked, call)
     assert fp.is_pending(asked, reread)  # the timer's RetryCall goes out again
+
+
+def test_a_flow_with_a_cancel_on_its_way_does_not_expire() -> None:
+    # It ends as the customer asked once the provider answers, not as `expired`.
+    asked, _call = _cancel_requested(_with_intent())
+    decision = fp.on_expiry(asked, CTX)
+    assert decision.events == ()
+    assert decision.effects == (fp.ScheduleExpiry(delay=CTX.preserve_window),)
 
 
 def test_an_expired_flow_whose_intent_was_paid_asks_an_operator_to_refund() -> None:
