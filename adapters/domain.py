@@ -14,6 +14,7 @@ through `build_domain`, so there is one place where these parts meet.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,14 @@ TRACKER_KIND = "tracker"
 FINISHED_TAGS = frozenset({FlowState.COMPLETED, FlowState.CANCELLED, FlowState.EXPIRED})
 # A flow's stream is tagged with its state; other streams (a feed's position) are not flows.
 UNFINISHED_TAGS = frozenset(state.value for state in FlowState) - FINISHED_TAGS
+# A flow that just ended may still owe the provider the cancel of its intent (an expiry, a
+# cancel answered before; see actors/flow_calls.py), and a crash between the event and the call
+# would lose it. Flows that ended this recently are loaded again at start: a cancel already
+# sent goes out again with the same key, which the provider answers as before (Stripe keeps
+# idempotency keys for 24 h), and older ones are left alone, so a start does not grow with
+# every flow that ever ended.
+RECENTLY_ENDED_S = 3600.0
+_MAY_OWE_A_CANCEL = frozenset({FlowState.CANCELLED, FlowState.EXPIRED})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,12 +131,15 @@ class Domain:
             self.trackers.tell(flow_id, PushHealth(healthy=healthy))
 
     def recover(self) -> int:
-        """Load every unfinished flow so it resumes (pending calls, tracking, expiry)."""
-        heads = self.journal.heads(tags=UNFINISHED_TAGS)
-        for head in heads:
+        """Load every unfinished flow so it resumes (pending calls, tracking, expiry), and the
+        recently ended ones that may still owe a cancel; returns how many were unfinished."""
+        unfinished = self.journal.heads(tags=UNFINISHED_TAGS)
+        since = time.time() - RECENTLY_ENDED_S
+        ended = self.journal.heads(tags=_MAY_OWE_A_CANCEL, updated_since=since)
+        for head in (*unfinished, *ended):
             self.flows.tell(head.stream_id, Wake())
-        log.info("flows_recovered", count=len(heads))
-        return len(heads)
+        log.info("flows_recovered", count=len(unfinished), recently_ended=len(ended))
+        return len(unfinished)
 
     def close(self) -> None:
         """Stop the passivation sweeps and commit what is queued. Call after the actor system

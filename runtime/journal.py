@@ -159,8 +159,11 @@ class Journal(Protocol):
         on the event loop); None means "not known here", not "unbound": ask `resolve`."""
         ...
 
-    def heads(self, *, tags: Collection[str] | None = None) -> list[StreamHead]:
-        """Every stream head, or only those whose tag is in `tags`."""
+    def heads(
+        self, *, tags: Collection[str] | None = None, updated_since: float | None = None
+    ) -> list[StreamHead]:
+        """Every stream head, or only those whose tag is in `tags` and (with `updated_since`)
+        whose latest event is at or after that epoch time."""
         ...
 
     def tag_counts(self) -> dict[str | None, int]:

@@ -199,15 +199,19 @@ class SQLiteJournal:
                     del self._owners[next(iter(self._owners))]  # the oldest entry
                 self._owners[key] = owner
 
-    def heads(self, *, tags: Collection[str] | None = None) -> list[StreamHead]:
+    def heads(
+        self, *, tags: Collection[str] | None = None, updated_since: float | None = None
+    ) -> list[StreamHead]:
         """See `Journal.heads`: ordered by last update, then stream id."""
+        # json_each binds any number of tags as ONE parameter: no SQL built from input. A
+        # missing filter binds NULL, which the IS NULL test lets through.
+        where = (
+            " WHERE (?1 IS NULL OR tag IN (SELECT value FROM json_each(?1)))"
+            " AND (?2 IS NULL OR updated_at >= ?2)"
+        )
+        tag_list = None if tags is None else json.dumps(list(tags))
         order = " ORDER BY updated_at, stream_id"
-        if tags is None:
-            rows = self._readers.read(SELECT_HEAD + order, ())
-        else:
-            # json_each binds any number of tags as ONE parameter: no SQL built from input.
-            where = " WHERE tag IN (SELECT value FROM json_each(?))"
-            rows = self._readers.read(SELECT_HEAD + where + order, (json.dumps(list(tags)),))
+        rows = self._readers.read(SELECT_HEAD + where + order, (tag_list, updated_since))
         return [_head_from_row(row) for row in rows]
 
     def tag_counts(self) -> dict[str | None, int]:

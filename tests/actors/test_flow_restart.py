@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from actors.commands import Ack, AttachBooking, Cancel, SelectMethod, Submit
+from actors.messages import ClientPresence
+from adapters.domain import DomainSettings
 from adapters.dummy_provider import DummyProvider
 from adapters.effects import LoopThread
 from tests.domain_harness import NEEDS_3DS, PAYS, Backend, Harness, start
@@ -119,3 +121,46 @@ def test_restart_after_a_cancel_request_sends_the_same_cancel_again(tmp_path: Pa
         _stop(second)
         loop.stop()
     assert cancel_keys() == [f"{flow_id}:cancel_intent:1:{requested}"] * 2
+
+
+def test_an_expired_flow_whose_cancel_was_lost_in_a_stop_cancels_its_intent_after_restart(
+    tmp_path: Path,
+) -> None:
+    """The flow expired with an intent the provider could still charge, and the system stopped
+    before the cancel reached the provider: recovery loads the recently ended flow again and the
+    cancel goes out, with the same key."""
+    loop = LoopThread()
+    dummy = DummyProvider(latency=SLOW_S, push_delay=None)
+    backend = Backend(name="dummy", dummy=dummy)
+    db = tmp_path / "journal.db"
+
+    def cancel_keys() -> list[str]:
+        return [key or "" for op, key in dummy.calls if op == "cancel_intent"]
+
+    first = start(db, backend, DomainSettings(preserve_window=0.2), loop=loop)
+    created = first.create()
+    flow_id, token = created.flow_id, created.token
+    first.command(AttachBooking(id=flow_id, token=token, booking_id="bk-expire"))
+    first.command(SelectMethod(id=flow_id, token=token, payment_method=first.method(PAYS)))
+    secret = str(first.wait_state(flow_id, "PAYMENT_ACTIVE", intent=True)["client_secret"])
+    intent_id = secret.partition("_secret_")[0]
+    first.domain.send(flow_id, ClientPresence(attached=True))
+    first.domain.send(flow_id, ClientPresence(attached=False))
+    first.wait_state(flow_id, "EXPIRED")
+    wait_until(cancel_keys, what="the cancel sent")
+    _stop(first)  # the provider's answer finds no one to tell
+    (key,) = cancel_keys()
+
+    second = start(db, backend, loop=loop)
+    try:
+        assert second.domain.recover() == 0  # nothing unfinished; the expired flow is rechecked
+        wait_until(lambda: len(cancel_keys()) == 2, what="the cancel sent again")
+        canceled = wait_until(
+            lambda: second.loop.run(dummy.retrieve_intent(intent_id)).status == "canceled",
+            what="the intent canceled",
+        )
+    finally:
+        _stop(second)
+        loop.stop()
+    assert canceled
+    assert cancel_keys() == [key, key] == [f"{flow_id}:cancel_intent:1"] * 2

@@ -110,6 +110,15 @@ def test_heads_filter_by_tag(journal: SQLiteJournal) -> None:
     assert journal.heads(tags=()) == []
 
 
+def test_heads_filter_by_the_time_of_the_latest_event(journal: SQLiteJournal) -> None:
+    journal.append(req("old", 0, "e", tag="DONE"))  # its event at 1000
+    journal.append(req("new", 0, "e", "e", "e", tag="DONE"))  # the last at 1002
+    journal.append(req("other", 0, "e", "e", "e", tag="ACTIVE"))
+    assert {h.stream_id for h in journal.heads(updated_since=1001.0)} == {"new", "other"}
+    assert [h.stream_id for h in journal.heads(tags={"DONE"}, updated_since=1001.0)] == ["new"]
+    assert {h.stream_id for h in journal.heads(tags={"DONE"})} == {"old", "new"}
+
+
 @pytest.mark.parametrize("expected", [0, 1, 5])
 def test_version_conflict_writes_nothing(journal: SQLiteJournal, db: Path, expected: int) -> None:
     journal.append(req("s", 0, "a", "b"))
