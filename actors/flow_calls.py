@@ -9,7 +9,10 @@ idempotency key:
 - `{flow_id}:cancel_intent:{attempt}:{version}`: a cancel the customer asked for, one per request
   (a request voided by a payment that got through first and a later one must not share a key:
   the provider would replay the first one's refusal);
-- `{flow_id}:cancel_intent:{attempt}`: an expired flow cancels its intent once.
+- `{flow_id}:cancel_intent:{attempt}`: an expired flow cancels its intent once;
+- `{flow_id}:cancel_intent:{intent_id}`: an intent the flow lets go of while it could still be
+  charged (`let_go_intent_calls`), cancelled once as a consequence of that event rather than
+  derived from the flow, which no longer names it.
 
 A refused confirm or cancel is followed by a re-read of the intent (`retrieve_intent`, which
 changes nothing at the provider); `answers_awaited` matches it to the call it follows.
