@@ -98,8 +98,11 @@ def _reread_after_refused_confirm(flow: Flow, result: ProviderResult, ctx: Conte
     events = [] if intent is None else status_events(flow, intent.status, intent=intent, ctx=ctx)
     if events:
         return persist(flow, events)
+    # Nothing was charged (the intent did not move): the customer may try again within the
+    # payment-failure policy, with a new intent, and this one is cancelled (let go of).
     refusal = result.error or ProviderRejected("the provider refused to confirm the payment")
-    return persist(flow, [_rejected(refusal, ctx, recoverable=False)])
+    recoverable = payment_failure_recoverable(flow.attempts, ctx.payment_policy)
+    return persist(flow, [_rejected(refusal, ctx, recoverable=recoverable)])
 
 
 def _rejected(error: PayflowError | None, ctx: Context, *, recoverable: bool) -> PaymentFailed:

@@ -314,14 +314,21 @@ def test_a_refused_confirm_on_an_intent_the_client_already_paid_completes_the_fl
     assert done.provider_status == "succeeded"
 
 
-def test_a_refused_confirm_on_an_intent_still_unconfirmed_fails_for_good() -> None:
+def test_a_refused_confirm_on_an_intent_still_unconfirmed_fails_within_the_policy() -> None:
+    # Nothing was charged: like a decline, the customer may try again while the policy allows.
     flow, confirm = _confirming()
     reread = _refused_confirm_rereads(flow, confirm)
     unchanged = ProviderResult(call=reread, intent=_intent("requires_confirmation"))
-    failed = _run(flow, fp.on_provider_result(flow, unchanged, CTX))
+    decision = fp.on_provider_result(flow, unchanged, CTX)
+    failed = _run(flow, decision)
     assert failed.state is FlowState.FAILED
     assert failed.error is not None
-    assert (failed.error.code, failed.is_terminal) == ("provider_rejected", True)
+    assert (failed.error.code, failed.error.recoverable) == ("provider_rejected", True)
+    again = _run(failed, fp.decide(failed, Retry(id="f1", token=T), CTX))
+    assert again.state is FlowState.PAYMENT_PENDING
+    strict = fp.Context(now=1.0, retry_limit=0)
+    final = _run(flow, fp.on_provider_result(flow, unchanged, strict))
+    assert final.is_terminal
 
 
 def test_an_unanswered_reread_isasked_again_and_a_stale_one_is_ignored() -> None:
