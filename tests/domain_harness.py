@@ -184,9 +184,9 @@ def start(
 
 @contextmanager
 def running(
-    db: Path, backend: Backend, settings: DomainSettings | None = None
+    db: Path, backend: Backend, settings: DomainSettings | None = None, *, notifier: Any = None
 ) -> Iterator[Harness]:
-    harness = start(db, backend, settings)
+    harness = start(db, backend, settings, notifier=notifier)
     try:
         yield harness
     finally:

@@ -33,7 +33,7 @@ from adapters.domain import DomainSettings
 from adapters.dummy_provider import DummyProvider
 from runtime.errors import AliasConflict, InvalidTransition, VersionConflict
 from runtime.journal import LoadedStream
-from tests.domain_harness import DECLINES, NEEDS_3DS, PAYS, Backend, Harness, running, start
+from tests.domain_harness import DECLINES, NEEDS_3DS, PAYS, Backend, Harness, running
 from tests.localstripe import LocalStripe
 from tests.waiting import wait_until
 
@@ -188,13 +188,8 @@ def _quiet_provider(
     if backend.localstripe is None:
         backend.dummy = DummyProvider(push_delay=None)
     slow = dataclasses.replace(settings, poll=PollPolicy(first=60.0, cap=60.0))
-    h = start(tmp_path / "journal.db", backend, slow, notifier=notifier)
-    try:
+    with running(tmp_path / "journal.db", backend, slow, notifier=notifier) as h:
         yield h
-    finally:
-        h.stop()
-        h.loop.run(h.provider.close())
-        h.loop.stop()
 
 
 def test_a_cancel_racing_a_client_side_confirm_leaves_the_paid_flow_completed(
