@@ -142,13 +142,12 @@ def _after_cancel(flow: Flow, intent: Intent, ctx: Context) -> Decision:
     """The flow's intent as the provider shows it after the flow's cancel: follow it."""
     status = intent.status
     if flow.is_terminal:  # ended before the answer: nothing moves it, but it may have been paid
-        return _taken(flow, status, AlertName.PAYMENT_TAKEN_AFTER_FLOW_ENDED)
+        return _taken_after_the_end(flow, status)
     if status in CANCELLABLE:  # refused for another reason: the flow ends as the customer asked
         return _cancelled_anyway(flow, status, ctx)
-    events = status_events(flow, status, intent=intent, ctx=ctx)  # canceled, or paid first
-    if events:
-        return persist(flow, events)
-    return _taken(flow, status, AlertName.PAYMENT_TAKEN_AFTER_ATTEMPT_FAILED)  # nothing can move
+    # Canceled, or paid first: every state a cancel is asked in follows either (a payment too,
+    # in a recoverable FAILED), so the flow ends as the provider says.
+    return persist(flow, status_events(flow, status, intent=intent, ctx=ctx))
 
 
 def _cancelled_anyway(flow: Flow, status: str | None, ctx: Context) -> Decision:
@@ -161,12 +160,15 @@ def _cancelled_anyway(flow: Flow, status: str | None, ctx: Context) -> Decision:
     return persist(flow, [Cancelled(at=ctx.now, provider_status=status)], alerts=(alert,))
 
 
-def _taken(flow: Flow, status: str, name: AlertName) -> Decision:
+def _taken_after_the_end(flow: Flow, status: str) -> Decision:
     """An operator must refund when the intent was paid; anything else is no news."""
     if status not in PAID:
         return NOTHING
     alert = Alert(
-        name=name, level=AlertLevel.ERROR, intent_id=flow.intent_id, provider_status=status
+        name=AlertName.PAYMENT_TAKEN_AFTER_FLOW_ENDED,
+        level=AlertLevel.ERROR,
+        intent_id=flow.intent_id,
+        provider_status=status,
     )
     return Decision(effects=(alert,))
 

@@ -86,8 +86,6 @@ class AlertName(StrEnum):
     INTENT_NOT_CANCELLED = "intent_not_cancelled"
     # The customer paid an intent whose flow had already ended: refund it.
     PAYMENT_TAKEN_AFTER_FLOW_ENDED = "payment_taken_after_flow_ended"
-    # The customer paid the intent of a failed attempt while a cancel was on its way.
-    PAYMENT_TAKEN_AFTER_ATTEMPT_FAILED = "payment_taken_after_attempt_failed"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
