@@ -28,6 +28,7 @@ from actors.provider import IntentStatus
 
 __all__ = [
     "CANCELLABLE",
+    "CANCEL_AFTER_END_STATES",
     "answers_awaited",
     "awaited_op",
     "cancelling",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 _S = FlowState
+# Ended flows that cancel their intent after the fact (see `awaited_op`): the daemon reloads the
+# recently ended ones at start, so a crash before that call does not lose it.
+CANCEL_AFTER_END_STATES: frozenset[FlowState] = frozenset({_S.CANCELLED, _S.EXPIRED})
 # The calls whose refusal is followed by a re-read of the intent.
 _REREAD_AFTER: frozenset[ProviderOp] = frozenset(
     {ProviderOp.CONFIRM_INTENT, ProviderOp.CANCEL_INTENT}
@@ -67,7 +71,7 @@ def awaited_op(flow: Flow) -> ProviderOp | None:
         return ProviderOp.CANCEL_INTENT
     # An expired flow (or one cancelled before cancel requests were recorded) cancels the intent
     # after the fact.
-    ended = flow.state in (_S.CANCELLED, _S.EXPIRED)
+    ended = flow.state in CANCEL_AFTER_END_STATES
     if ended and flow.intent_id is not None and flow.provider_status in CANCELLABLE:
         return ProviderOp.CANCEL_INTENT
     return None

@@ -41,7 +41,7 @@ from actors.flow_events import (
     ProviderStatusChanged,
 )
 from actors.flow_model import Flow
-from actors.flow_states import EventType, FlowState
+from actors.flow_states import CANCEL_REQUEST_STATES, EventType, FlowState
 from actors.provider import IntentStatus, PaymentError
 from actors.recovery import PAYMENT_FAILURE_POLICY, RecoveryPolicy, payment_failure_recoverable
 
@@ -90,8 +90,7 @@ PROVIDER_STATUS_EVENTS: Mapping[FlowState, Mapping[str, tuple[EventType, ...]]] 
 
 # The rows that differ while a cancel the customer asked for is on its way.
 CANCEL_REQUESTED_EVENTS: Mapping[FlowState, Mapping[str, tuple[EventType, ...]]] = {
-    state: {_I.CANCELED: (_E.CANCELLED,)}
-    for state in (FlowState.PAYMENT_ACTIVE, FlowState.REQUIRES_ACTION, FlowState.FAILED)
+    state: {_I.CANCELED: (_E.CANCELLED,)} for state in CANCEL_REQUEST_STATES
 }
 
 _NO_NEWS: Mapping[str, tuple[EventType, ...]] = {}  # a state the provider's news cannot move

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 
 from actors.flow_actor import FlowActor, FlowDeps, Wake
+from actors.flow_calls import CANCEL_AFTER_END_STATES
 from actors.flow_core import FlowState
 from actors.messages import (
     INTENT_NAMESPACE,
@@ -56,7 +57,6 @@ UNFINISHED_TAGS = frozenset(state.value for state in FlowState) - FINISHED_TAGS
 # idempotency keys for 24 h), and older ones are left alone, so a start does not grow with
 # every flow that ever ended.
 RECENTLY_ENDED_S = 3600.0
-_MAY_OWE_A_CANCEL = frozenset({FlowState.CANCELLED, FlowState.EXPIRED})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,7 +135,7 @@ class Domain:
         recently ended ones that may still owe a cancel; returns how many were unfinished."""
         unfinished = self.journal.heads(tags=UNFINISHED_TAGS)
         since = time.time() - RECENTLY_ENDED_S
-        ended = self.journal.heads(tags=_MAY_OWE_A_CANCEL, updated_since=since)
+        ended = self.journal.heads(tags=CANCEL_AFTER_END_STATES, updated_since=since)
         for head in (*unfinished, *ended):
             self.flows.tell(head.stream_id, Wake())
         log.info("flows_recovered", count=len(unfinished), recently_ended=len(ended))
